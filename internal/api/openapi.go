@@ -1,0 +1,215 @@
+package api
+
+import (
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Operation documents one route in the OpenAPI document.
+type Operation struct {
+	Summary string
+	Tag     string
+	// Request is the JSON request body's schema, if any.
+	Request map[string]any
+	// Response is the success body's JSON schema.
+	Response map[string]any
+	// ResponseType overrides application/json for the success body.
+	ResponseType string
+	// Status is the success status. Defaults to 200.
+	Status int
+	// Query documents query parameters.
+	Query []Param
+	// Errors lists extra error statuses beyond the defaults.
+	Errors []int
+	// NoAuth marks routes that need no token.
+	NoAuth bool
+}
+
+// Param is a query parameter.
+type Param struct {
+	Name string
+	Desc string
+}
+
+func schemaRef(name string) map[string]any {
+	return map[string]any{"$ref": "#/components/schemas/" + name}
+}
+
+func listOf(field, item string) map[string]any {
+	return map[string]any{"type": "object", "required": []string{field}, "properties": map[string]any{
+		field: map[string]any{"type": "array", "items": schemaRef(item)},
+	}}
+}
+
+func obj(required []string, props map[string]any) map[string]any {
+	o := map[string]any{"type": "object", "properties": props}
+	if len(required) > 0 {
+		o["required"] = required
+	}
+	return o
+}
+
+var (
+	str      = map[string]any{"type": "string"}
+	boolean  = map[string]any{"type": "boolean"}
+	integer  = map[string]any{"type": "integer"}
+	dateTime = map[string]any{"type": "string", "format": "date-time"}
+)
+
+func enum(values ...string) map[string]any {
+	return map[string]any{"type": "string", "enum": values}
+}
+
+// componentSchemas are the named schemas routes refer to.
+func componentSchemas() map[string]any {
+	token := map[string]any{
+		"id": str, "name": str, "role": enum("admin", "editor", "operator", "auditor"),
+		"created_at": dateTime, "created_by": str, "expires_at": dateTime, "revoked_at": dateTime,
+		"status": enum("active", "expired", "revoked"),
+	}
+	created := map[string]any{"token": map[string]any{"type": "string", "description": "the secret; shown only in this response"}}
+	for k, v := range token {
+		created[k] = v
+	}
+	actor := obj([]string{"id", "name", "role"}, map[string]any{"id": str, "name": str, "role": str})
+	record := obj([]string{"seq", "time", "actor", "action", "target", "outcome", "details", "prev_hash", "hash"}, map[string]any{
+		"seq": integer, "time": dateTime, "actor": actor, "action": str, "target": str,
+		"outcome": enum("success", "failure", "denied"), "details": map[string]any{"type": "object"},
+		"prev_hash": str, "hash": str,
+	})
+	return map[string]any{
+		"Error": obj([]string{"error"}, map[string]any{"error": obj([]string{"code", "message"}, map[string]any{
+			"code": str, "message": str, "hint": str, "request_id": str,
+		})}),
+		"Health":             obj([]string{"status"}, map[string]any{"status": str}),
+		"Principal":          obj([]string{"token_id", "name", "role"}, map[string]any{"token_id": str, "name": str, "role": str}),
+		"System":             obj(nil, map[string]any{"version": str, "commit": str, "go_version": str, "fips140_enabled": boolean, "fips_mode": boolean, "database": enum("sqlite", "postgres"), "schema_version": integer}),
+		"Token":              obj([]string{"id", "name", "role", "created_at", "status"}, token),
+		"CreatedToken":       obj([]string{"id", "name", "role", "token"}, created),
+		"CreateTokenRequest": obj([]string{"name", "role"}, map[string]any{"name": str, "role": enum("admin", "editor", "operator", "auditor"), "expires_in": map[string]any{"type": "string", "description": "Go duration, e.g. 720h"}}),
+		"AuditRecord":        record,
+		"AuditPage":          obj([]string{"records"}, map[string]any{"records": map[string]any{"type": "array", "items": schemaRef("AuditRecord")}, "next_cursor": str}),
+		"AuditVerification": obj([]string{"ok", "records", "head_seq", "head_hash"}, map[string]any{
+			"ok": boolean, "records": integer, "head_seq": integer, "head_hash": str, "first_bad_seq": integer, "problem": str,
+		}),
+	}
+}
+
+// OpenAPI builds the OpenAPI 3.1 document from the registered routes.
+func (s *Server) OpenAPI() map[string]any {
+	paths := map[string]any{}
+	for _, rt := range s.routes {
+		item, _ := paths[rt.Path].(map[string]any)
+		if item == nil {
+			item = map[string]any{}
+			paths[rt.Path] = item
+		}
+		item[strings.ToLower(rt.Method)] = operation(rt)
+	}
+	return map[string]any{
+		"openapi": "3.1.0",
+		"info": map[string]any{
+			"title":       "trustflow API",
+			"version":     s.cfg.Build.Version,
+			"description": "Workflow automation whose outbound calls authenticate with mutual TLS. Every /api/v1/ endpoint needs Authorization: Bearer <token>.",
+		},
+		"paths": paths,
+		"components": map[string]any{
+			"schemas": componentSchemas(),
+			"securitySchemes": map[string]any{
+				"bearer": map[string]any{"type": "http", "scheme": "bearer"},
+			},
+		},
+		"security": []any{map[string]any{"bearer": []string{}}},
+	}
+}
+
+func operation(rt Route) map[string]any {
+	d := rt.Doc
+	status := d.Status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	op := map[string]any{
+		"summary":     d.Summary,
+		"operationId": operationID(rt),
+		"tags":        []string{d.Tag},
+	}
+	if rt.Public || d.NoAuth {
+		op["security"] = []any{}
+	}
+	if rt.Perm != "" {
+		op["x-trustflow-permission"] = string(rt.Perm)
+	}
+	var params []any
+	for _, seg := range strings.Split(rt.Path, "/") {
+		if strings.HasPrefix(seg, "{") && strings.HasSuffix(seg, "}") {
+			params = append(params, map[string]any{"name": strings.Trim(seg, "{}"), "in": "path", "required": true, "schema": str})
+		}
+	}
+	for _, q := range d.Query {
+		params = append(params, map[string]any{"name": q.Name, "in": "query", "description": q.Desc, "schema": str})
+	}
+	if len(params) > 0 {
+		op["parameters"] = params
+	}
+	if d.Request != nil {
+		op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": d.Request}}}
+	}
+	ok := map[string]any{"description": http.StatusText(status)}
+	ct := d.ResponseType
+	if ct == "" {
+		ct = "application/json"
+	}
+	if d.Response != nil {
+		ok["content"] = map[string]any{ct: map[string]any{"schema": d.Response}}
+	} else {
+		ok["content"] = map[string]any{ct: map[string]any{"schema": str}}
+	}
+	responses := map[string]any{strconv.Itoa(status): ok}
+	errStatuses := []int{}
+	if !rt.Public {
+		errStatuses = append(errStatuses, 401)
+		if rt.Perm != "" {
+			errStatuses = append(errStatuses, 403)
+		}
+	}
+	if d.Request != nil {
+		errStatuses = append(errStatuses, 400, 413)
+	}
+	if strings.Contains(rt.Path, "{") {
+		errStatuses = append(errStatuses, 404)
+	}
+	errStatuses = append(errStatuses, d.Errors...)
+	errStatuses = append(errStatuses, 500)
+	sort.Ints(errStatuses)
+	for _, st := range errStatuses {
+		responses[strconv.Itoa(st)] = map[string]any{
+			"description": http.StatusText(st),
+			"content":     map[string]any{"application/json": map[string]any{"schema": schemaRef("Error")}},
+		}
+	}
+	op["responses"] = responses
+	return op
+}
+
+func operationID(rt Route) string {
+	var b strings.Builder
+	b.WriteString(strings.ToLower(rt.Method))
+	for _, seg := range strings.Split(strings.TrimPrefix(rt.Path, "/api/v1"), "/") {
+		seg = strings.Trim(seg, "{}")
+		seg = strings.NewReplacer(".", "", "-", "", "_", "").Replace(seg)
+		if seg == "" {
+			continue
+		}
+		b.WriteString(strings.ToUpper(seg[:1]) + seg[1:])
+	}
+	return b.String()
+}
+
+func (s *Server) openAPI(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.OpenAPI())
+	return nil
+}

@@ -1,0 +1,308 @@
+// Package api owns trustflow's HTTP surface: the REST API under /api/v1/,
+// its OpenAPI document, authentication and authorisation of every request,
+// the JSON error format, /metrics and the health endpoints.
+package api
+
+import (
+	"context"
+	"crypto/fips140"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// BuildInfo describes the running binary.
+type BuildInfo struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+}
+
+// Config wires the API to the domain services. Logger defaults to
+// slog.Default(), MaxBodyBytes to 1 MiB, Registry to a fresh registry.
+type Config struct {
+	Store        *store.Store
+	Auth         *auth.Service
+	Audit        *audit.Log
+	Logger       *slog.Logger
+	Build        BuildInfo
+	FIPSRequired bool
+	MaxBodyBytes int64
+	Registry     *prometheus.Registry
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	routes  []Route
+	mux     *http.ServeMux
+	metrics *metrics
+	handler http.Handler
+}
+
+// Route is one API endpoint: what it serves, who may call it, and how it is
+// documented in the OpenAPI document.
+type Route struct {
+	Method string
+	Path   string
+	// Perm is the permission required; empty with Public false means any
+	// authenticated principal.
+	Perm auth.Permission
+	// Public routes need no token.
+	Public bool
+	// Doc is the route's OpenAPI operation.
+	Doc     Operation
+	handler handlerFunc
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// New builds the API server and its routes.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	s.metrics = newMetrics(cfg.Registry, cfg.Build, fips140.Enabled())
+	s.routes = s.buildRoutes()
+	for _, rt := range s.routes {
+		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
+	}
+	s.mux.Handle("/", s.wrap(Route{handler: func(w http.ResponseWriter, r *http.Request) error {
+		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no endpoint " + r.Method + " " + r.URL.Path,
+			Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"}
+	}, Public: true}))
+	s.handler = s.observe(s.mux)
+	return s
+}
+
+// Handler returns the root handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Routes returns the registered routes (for documentation and tests).
+func (s *Server) Routes() []Route { return s.routes }
+
+// Register adds routes contributed by other parts of the server. It must be
+// called before Handler is used to serve.
+func (s *Server) Register(routes ...Route) {
+	for _, rt := range routes {
+		s.routes = append(s.routes, rt)
+		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
+	}
+}
+
+func (s *Server) buildRoutes() []Route {
+	var rs []Route
+	rs = append(rs, s.systemRoutes()...)
+	rs = append(rs, s.tokenRoutes()...)
+	rs = append(rs, s.auditRoutes()...)
+	return rs
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = iota
+
+func newRequestID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b)
+}
+
+// RequestID returns the request's id.
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// statusWriter records the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// observe assigns a request id, recovers panics, bounds bodies, and records
+// metrics and a log line for every request.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := newRequestID()
+		w.Header().Set("X-Request-Id", id)
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		sw := &statusWriter{ResponseWriter: w}
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxBodyBytes)
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.Error("panic serving request", "request_id", id, "method", r.Method, "path", r.URL.Path, "panic", p)
+				if sw.status == 0 {
+					s.writeError(sw, r, &Error{Status: 500, Code: "internal", Message: "internal error", Hint: "the server log has the details under this request id"})
+				}
+			}
+			route := r.Pattern
+			if route == "" || route == "/" {
+				route = "unmatched"
+			}
+			status := sw.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			s.metrics.observe(route, r.Method, status, time.Since(start))
+			attrs := []any{"request_id", id, "method", r.Method, "route", route, "status", status, "duration_ms", time.Since(start).Milliseconds()}
+			if p, ok := auth.PrincipalFrom(r.Context()); ok {
+				attrs = append(attrs, "principal", p.TokenID)
+			}
+			s.log.Info("http request", attrs...)
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// wrap authenticates and authorises the request for rt, runs its handler
+// and maps its error.
+func (s *Server) wrap(rt Route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.Public {
+			p, err := s.authenticate(r)
+			if err != nil {
+				s.deny(r, rt, audit.Actor{ID: "anonymous", Name: "anonymous"}, "unauthenticated", err)
+				w.Header().Set("WWW-Authenticate", `Bearer realm="trustflow"`)
+				s.writeError(w, r, errUnauthenticated(err))
+				return
+			}
+			if rt.Perm != "" && !p.Role.Can(rt.Perm) {
+				s.deny(r, rt, auth.ActorOf(p), "forbidden", nil)
+				s.writeError(w, r, &Error{Status: http.StatusForbidden, Code: "forbidden",
+					Message: "role " + string(p.Role) + " may not " + string(rt.Perm),
+					Hint:    "ask an admin for a token with a role that has " + string(rt.Perm) + " (" + rolesWith(rt.Perm) + ")"})
+				return
+			}
+			// Store the principal on the request the mux handed us so that
+			// the outer middleware can log it.
+			*r = *r.WithContext(auth.WithPrincipal(r.Context(), p))
+		}
+		if err := rt.handler(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func rolesWith(p auth.Permission) string {
+	var names []string
+	for _, r := range auth.Roles {
+		if r.Can(p) {
+			names = append(names, string(r))
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return auth.Principal{}, errors.New("no Authorization header")
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return auth.Principal{}, errors.New("authorization scheme is not Bearer")
+	}
+	return s.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
+}
+
+// deny records a refused request in the audit log. The presented token is
+// never recorded.
+func (s *Server) deny(r *http.Request, rt Route, actor audit.Actor, reason string, cause error) {
+	details := map[string]any{"reason": reason, "method": r.Method, "route": rt.Path, "remote": r.RemoteAddr}
+	if rt.Perm != "" {
+		details["permission"] = string(rt.Perm)
+	}
+	if cause != nil {
+		details["cause"] = publicAuthCause(cause)
+	}
+	if err := s.cfg.Audit.Record(r.Context(), audit.Entry{Actor: actor, Action: "auth.denied", Target: rt.Method + " " + rt.Path, Outcome: audit.OutcomeDenied, Details: details}); err != nil {
+		s.log.Error("audit refused request", "request_id", RequestID(r.Context()), "err", err)
+	}
+}
+
+// publicAuthCause reduces an authentication failure to a phrase that is
+// safe to store: never the token.
+func publicAuthCause(err error) string {
+	msg := err.Error()
+	for _, known := range []string{"no Authorization header", "authorization scheme is not Bearer", "does not start with", "wrong length", "not base64url", "unknown token", "is revoked", "expired"} {
+		if strings.Contains(msg, known) {
+			return known
+		}
+	}
+	return "invalid token"
+}
+
+// writeError sends err as the JSON error body, logging its internal cause.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := toAPIError(err)
+	id := RequestID(r.Context())
+	if e.Status >= 500 {
+		s.log.Error("request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+	} else if e.Cause != nil {
+		s.log.Debug("request refused", "request_id", id, "code", e.Code, "err", e.Cause)
+	}
+	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: id}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the status is sent; a failed write means the client left
+}
+
+// principal returns the request's authenticated principal.
+func principal(r *http.Request) auth.Principal {
+	p, _ := auth.PrincipalFrom(r.Context())
+	return p
+}
+
+func goVersion() string { return runtime.Version() }

@@ -1,0 +1,275 @@
+// Package app is trustflow's composition root: it builds every component
+// from a config.Config, starts them, and stops them in order. Nothing
+// imports app but the CLI.
+package app
+
+import (
+	"context"
+	"crypto/fips140"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustflow/trustflow/internal/api"
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/seal"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// Options are what the CLI hands the composition root besides the config.
+type Options struct {
+	// Logger defaults to a text logger on Stderr.
+	Logger *slog.Logger
+	// Build describes the binary.
+	Build api.BuildInfo
+	// Stderr receives the admin token on first start. Defaults to os.Stderr.
+	Stderr io.Writer
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// App is a built trustflow server.
+type App struct {
+	cfg     config.Config
+	log     *slog.Logger
+	Store   *store.Store
+	Audit   *audit.Log
+	Auth    *auth.Service
+	Keyring *seal.Keyring
+	API     *api.Server
+
+	// AdminToken is the admin token's secret when this start created it.
+	AdminToken string
+
+	mu       sync.Mutex
+	srv      *http.Server
+	ln       net.Listener
+	serveErr chan error
+	stopped  bool
+}
+
+// FIPSHint says how to get a binary whose FIPS 140-3 module is enabled.
+const FIPSHint = "build with `GOFIPS140=v1.0.0 go build ./cmd/trustflow`, or run with `GODEBUG=fips140=on`"
+
+// New builds the server: data dir, key-encryption key, database, services
+// and API. It does not listen yet.
+func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(opts.Stderr, nil))
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if cfg.FIPS && !fips140.Enabled() {
+		return nil, fmt.Errorf("app: --fips: the Go FIPS 140-3 module is not enabled in this process; %s", FIPSHint)
+	}
+	if err := ensureDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	kek, createdKEK, err := seal.LoadOrCreateKEKFile(cfg.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("app: key-encryption key: %w", err)
+	}
+	if createdKEK {
+		opts.Logger.Info("created key-encryption key", "path", cfg.KEKFile, "kek_id", kek.ID())
+	}
+	dbc, err := config.ParseDatabaseURL(cfg.DatabaseURL, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, store.Config{Dialect: store.Dialect(dbc.Dialect), DSN: dbc.DSN})
+	if err != nil {
+		return nil, fmt.Errorf("app: open database: %w", err)
+	}
+	a := &App{cfg: cfg, log: opts.Logger, Store: st, Keyring: seal.NewKeyring(kek)}
+	a.Audit = audit.New(st, opts.Clock)
+	a.Auth = auth.NewService(st, a.Audit, opts.Clock)
+
+	secret, created, err := a.Auth.Bootstrap(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("app: create admin token: %w", err)
+	}
+	if created {
+		a.AdminToken = secret
+		path := filepath.Join(cfg.DataDir, config.AdminTokenFile)
+		if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("app: write admin token: %w", err)
+		}
+		fmt.Fprintf(opts.Stderr, "\ntrustflow: created the first admin token (shown once; also written to %s):\n\n    %s\n\n", path, secret)
+	}
+
+	a.API = api.New(api.Config{
+		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
+		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
+	})
+	return a, nil
+}
+
+// Config returns the effective configuration.
+func (a *App) Config() config.Config { return a.cfg }
+
+// Start listens on the configured address and serves in the background.
+func (a *App) Start(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ln != nil {
+		return errors.New("app: already started")
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("app: listen on %s (is another trustflow running? choose another with --listen): %w", a.cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           a.API.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	if a.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(a.cfg.TLSCert, a.cfg.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("app: --tls-cert/--tls-key: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+	}
+	a.ln, a.srv = ln, srv
+	a.serveErr = make(chan error, 1)
+	go func() {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		a.serveErr <- err
+	}()
+	a.log.Info("trustflow serving", "addr", a.URL(), "database", string(a.Store.Dialect()), "fips140", fips140.Enabled())
+	return nil
+}
+
+// URL is the API's base URL once started.
+func (a *App) URL() string {
+	if a.ln == nil {
+		return ""
+	}
+	scheme := "http"
+	if a.cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + a.ln.Addr().String()
+}
+
+// Run starts the server and serves until ctx is cancelled, then shuts down
+// gracefully.
+func (a *App) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		a.Stop()
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		a.log.Info("shutting down")
+		return a.Stop()
+	case err := <-a.serveErr:
+		a.serveErr <- err
+		stopErr := a.Stop()
+		if err != nil {
+			return fmt.Errorf("app: serve: %w", err)
+		}
+		return stopErr
+	}
+}
+
+// Stop drains in-flight requests (bounded by the shutdown timeout) and
+// closes the database. It is idempotent.
+func (a *App) Stop() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped {
+		return nil
+	}
+	a.stopped = true
+	var errs []error
+	if a.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := a.srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("app: shutdown http: %w", err))
+		}
+	}
+	if err := a.Store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("app: close database: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// ensureDataDir creates the data dir 0700, or tightens an existing one.
+func ensureDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("app: create data dir %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("app: data dir %s: %w", dir, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("app: restrict data dir %s to 0700: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, so a crash never leaves a half-written file.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

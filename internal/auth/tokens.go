@@ -1,0 +1,296 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// TokenPrefix starts every token secret, so that secret scanners and people
+// can recognise one.
+const TokenPrefix = "tf_"
+
+// secretBytes is the token's entropy: 256 bits.
+const secretBytes = 32
+
+// Errors callers distinguish.
+var (
+	// ErrUnauthenticated means no valid token: missing, malformed, unknown,
+	// revoked or expired. Callers must not say which.
+	ErrUnauthenticated = errors.New("auth: unauthenticated")
+	// ErrInvalid means a request to create a token was malformed.
+	ErrInvalid = errors.New("auth: invalid")
+)
+
+// InvalidError names the field of a bad request and how to fix it.
+type InvalidError struct {
+	Field string
+	Msg   string
+	Hint  string
+}
+
+func (e *InvalidError) Error() string { return "auth: " + e.Field + ": " + e.Msg }
+
+// Unwrap makes errors.Is(err, ErrInvalid) hold.
+func (e *InvalidError) Unwrap() error { return ErrInvalid }
+
+// ParseToken checks a presented token's form and returns the hash under
+// which it is stored. It does not touch the database.
+func ParseToken(s string) (hash string, err error) {
+	if !strings.HasPrefix(s, TokenPrefix) {
+		return "", fmt.Errorf("%w: token does not start with %q", ErrUnauthenticated, TokenPrefix)
+	}
+	body := s[len(TokenPrefix):]
+	if len(body) != base64.RawURLEncoding.EncodedLen(secretBytes) {
+		return "", fmt.Errorf("%w: token has the wrong length", ErrUnauthenticated)
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(body)
+	if err != nil || len(raw) != secretBytes {
+		return "", fmt.Errorf("%w: token is not base64url", ErrUnauthenticated)
+	}
+	return hashSecret(s), nil
+}
+
+func hashSecret(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func newSecret() (string, error) {
+	b := make([]byte, secretBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("auth: generate token: %w", err)
+	}
+	return TokenPrefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func newID() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("auth: generate token id: %w", err)
+	}
+	return "tok_" + hex.EncodeToString(b), nil
+}
+
+// Token is a token's public view: never its secret.
+type Token struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Role      Role       `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	CreatedBy string     `json:"created_by"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Status    string     `json:"status"` // active, expired or revoked
+}
+
+func publicToken(t store.Token, now time.Time) Token {
+	status := "active"
+	switch {
+	case t.RevokedAt != nil:
+		status = "revoked"
+	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+		status = "expired"
+	}
+	return Token{ID: t.ID, Name: t.Name, Role: Role(t.Role), CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
+		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, Status: status}
+}
+
+// Service issues, checks and revokes tokens.
+type Service struct {
+	store *store.Store
+	audit *audit.Log
+	clock clock.Clock
+}
+
+// NewService returns a token service. A nil clock means the wall clock.
+func NewService(st *store.Store, log *audit.Log, c clock.Clock) *Service {
+	if c == nil {
+		c = clock.Real{}
+	}
+	return &Service{store: st, audit: log, clock: c}
+}
+
+// Authenticate resolves a presented token to its principal.
+func (s *Service) Authenticate(ctx context.Context, presented string) (Principal, error) {
+	hash, err := ParseToken(presented)
+	if err != nil {
+		return Principal{}, err
+	}
+	t, err := s.store.TokenBySecretHash(ctx, hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return Principal{}, fmt.Errorf("%w: unknown token", ErrUnauthenticated)
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("auth: authenticate: %w", err)
+	}
+	if t.RevokedAt != nil {
+		return Principal{}, fmt.Errorf("%w: token %s is revoked", ErrUnauthenticated, t.ID)
+	}
+	if t.ExpiresAt != nil && !s.clock.Now().Before(*t.ExpiresAt) {
+		return Principal{}, fmt.Errorf("%w: token %s expired", ErrUnauthenticated, t.ID)
+	}
+	return Principal{TokenID: t.ID, Name: t.Name, Role: Role(t.Role)}, nil
+}
+
+// ActorOf converts a principal into the audit log's actor.
+func ActorOf(p Principal) audit.Actor {
+	return audit.Actor{ID: p.TokenID, Name: p.Name, Role: string(p.Role)}
+}
+
+// CreateRequest asks for a new token.
+type CreateRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+	// ExpiresIn is a Go duration ("720h"); empty means the token does not expire.
+	ExpiresIn string `json:"expires_in,omitempty"`
+}
+
+// MaxNameLen bounds a token's name.
+const MaxNameLen = 128
+
+func (r CreateRequest) validate() (Role, time.Duration, error) {
+	name := strings.TrimSpace(r.Name)
+	if name == "" {
+		return "", 0, &InvalidError{Field: "name", Msg: "is required", Hint: "name the token after who or what uses it, e.g. --name ci-deploy"}
+	}
+	if !utf8.ValidString(name) || len(name) > MaxNameLen || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", 0, &InvalidError{Field: "name", Msg: fmt.Sprintf("must be printable text of at most %d bytes", MaxNameLen), Hint: "use letters, digits, spaces, '-' or '_'"}
+	}
+	role, err := ParseRole(r.Role)
+	if err != nil {
+		return "", 0, &InvalidError{Field: "role", Msg: fmt.Sprintf("unknown role %q", r.Role), Hint: "use admin, editor, operator or auditor"}
+	}
+	var ttl time.Duration
+	if r.ExpiresIn != "" {
+		ttl, err = time.ParseDuration(r.ExpiresIn)
+		if err != nil || ttl <= 0 {
+			return "", 0, &InvalidError{Field: "expires_in", Msg: fmt.Sprintf("%q is not a positive duration", r.ExpiresIn), Hint: "use a Go duration such as 720h or 90m"}
+		}
+	}
+	return role, ttl, nil
+}
+
+// Create issues a token on behalf of actor and returns it with its secret,
+// which is never available again. The token and its audit record commit
+// together.
+func (s *Service) Create(ctx context.Context, actor Principal, req CreateRequest) (Token, string, error) {
+	role, ttl, err := req.validate()
+	if err != nil {
+		return Token{}, "", err
+	}
+	var out Token
+	var secret string
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		var err error
+		out, secret, err = s.create(ctx, tx, ActorOf(actor), strings.TrimSpace(req.Name), role, ttl)
+		return err
+	})
+	if err != nil {
+		return Token{}, "", err
+	}
+	return out, secret, nil
+}
+
+func (s *Service) create(ctx context.Context, tx *store.Tx, actor audit.Actor, name string, role Role, ttl time.Duration) (Token, string, error) {
+	secret, err := newSecret()
+	if err != nil {
+		return Token{}, "", err
+	}
+	id, err := newID()
+	if err != nil {
+		return Token{}, "", err
+	}
+	now := s.clock.Now().UTC().Truncate(time.Microsecond)
+	st := store.Token{ID: id, Name: name, Role: string(role), SecretHash: hashSecret(secret), CreatedAt: now, CreatedBy: actor.ID}
+	if ttl > 0 {
+		exp := now.Add(ttl)
+		st.ExpiresAt = &exp
+	}
+	if err := tx.InsertToken(ctx, st); err != nil {
+		return Token{}, "", fmt.Errorf("auth: create token: %w", err)
+	}
+	details := map[string]any{"name": name, "role": string(role)}
+	if st.ExpiresAt != nil {
+		details["expires_at"] = st.ExpiresAt.Format(time.RFC3339)
+	}
+	if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "token.create", Target: "token/" + id, Details: details}); err != nil {
+		return Token{}, "", fmt.Errorf("auth: create token: %w", err)
+	}
+	return publicToken(st, now), secret, nil
+}
+
+// Revoke revokes a token; the revocation and its audit record commit together.
+func (s *Service) Revoke(ctx context.Context, actor Principal, id string) (Token, error) {
+	var out Token
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		now := s.clock.Now().UTC().Truncate(time.Microsecond)
+		t, err := tx.RevokeToken(ctx, id, now)
+		if err != nil {
+			return fmt.Errorf("auth: revoke token: %w", err)
+		}
+		t.RevokedAt = &now
+		out = publicToken(t, now)
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: ActorOf(actor), Action: "token.revoke", Target: "token/" + id,
+			Details: map[string]any{"name": t.Name, "role": t.Role}})
+		return err
+	})
+	return out, err
+}
+
+// List returns every token's public view.
+func (s *Service) List(ctx context.Context) ([]Token, error) {
+	rows, err := s.store.ListTokens(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("auth: list tokens: %w", err)
+	}
+	now := s.clock.Now()
+	out := make([]Token, 0, len(rows))
+	for _, t := range rows {
+		out = append(out, publicToken(t, now))
+	}
+	return out, nil
+}
+
+// Get returns one token's public view.
+func (s *Service) Get(ctx context.Context, id string) (Token, error) {
+	t, err := s.store.Token(ctx, id)
+	if err != nil {
+		return Token{}, fmt.Errorf("auth: get token: %w", err)
+	}
+	return publicToken(t, s.clock.Now()), nil
+}
+
+// Bootstrap creates the first admin token when the database has never had
+// one, and returns its secret (created is false, and secret empty, when a
+// token already existed). Safe to call from several nodes at once.
+func (s *Service) Bootstrap(ctx context.Context) (secret string, created bool, err error) {
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		// Holding the audit head serialises concurrent bootstraps on PostgreSQL.
+		if _, err := tx.LockAuditHead(ctx); err != nil {
+			return fmt.Errorf("auth: bootstrap: %w", err)
+		}
+		n, err := tx.CountTokens(ctx)
+		if err != nil {
+			return fmt.Errorf("auth: bootstrap: %w", err)
+		}
+		if n > 0 {
+			return nil
+		}
+		_, secret, err = s.create(ctx, tx, audit.System, "admin", RoleAdmin, 0)
+		created = err == nil
+		return err
+	})
+	return secret, created, err
+}

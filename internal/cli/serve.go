@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trustflow/trustflow/internal/api"
+	"github.com/trustflow/trustflow/internal/app"
+	"github.com/trustflow/trustflow/internal/config"
+)
+
+func newServeCmd(g *globals) *cobra.Command {
+	var cfg config.Config
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the trustflow server: API, workers and scheduler",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.DataDir = g.dataDir
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			logger := newLogger(g, cfg.LogFormat, level)
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			a, err := app.New(ctx, cfg, app.Options{Logger: logger, Build: api.BuildInfo(g.build), Stderr: g.stderr})
+			if err != nil {
+				return err
+			}
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", config.DefaultListen, "address to listen on")
+	f.StringVar(&cfg.DatabaseURL, "db", g.getenv(config.EnvDatabaseURL), "database: postgres://... for PostgreSQL; empty for SQLite in the data dir (env "+config.EnvDatabaseURL+")")
+	f.StringVar(&cfg.KEKFile, "kek-file", g.getenv(config.EnvKEKFile), "key-encryption key file (env "+config.EnvKEKFile+"; default DATA_DIR/kek)")
+	f.BoolVar(&cfg.FIPS, "fips", false, "refuse to start unless Go's FIPS 140-3 module is enabled; apply the FIPS key and TLS policy")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serve the API over HTTPS with this certificate (PEM)")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "private key for --tls-cert (PEM)")
+	f.StringVar(&cfg.LogFormat, "log-format", config.DefaultLogFormat, "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+func newLogger(g *globals, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
+}
+
+// contextOf returns the command's context, never nil.
+func contextOf(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}

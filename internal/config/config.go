@@ -1,0 +1,150 @@
+// Package config owns trustflow's server configuration: the Config struct
+// filled from flags and environment, its defaults, and its validation. Every
+// default lives here, in WithDefaults, and every rule in Validate.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Environment variables read by the CLI for the matching flags.
+const (
+	EnvDataDir     = "TRUSTFLOW_DATA_DIR"
+	EnvDatabaseURL = "TRUSTFLOW_DATABASE_URL"
+	EnvServer      = "TRUSTFLOW_SERVER"
+	EnvToken       = "TRUSTFLOW_TOKEN"
+	EnvKEKFile     = "TRUSTFLOW_KEK_FILE"
+)
+
+// Defaults.
+const (
+	DefaultDataDir       = "./trustflow-data"
+	DefaultListen        = "127.0.0.1:8321"
+	DefaultServer        = "http://127.0.0.1:8321"
+	DefaultLogFormat     = "text"
+	DefaultMaxBodyBytes  = 1 << 20
+	DefaultShutdownAfter = 15 * time.Second
+	AdminTokenFile       = "admin.token"
+	KEKFileName          = "kek"
+	SQLiteFileName       = "trustflow.db"
+)
+
+// Config configures `trustflow serve`. The zero value means "every default";
+// call WithDefaults then Validate before use.
+type Config struct {
+	// DataDir holds the SQLite database, the key-encryption key and the admin
+	// token file. Defaults to ./trustflow-data.
+	DataDir string
+	// Listen is the API listener's address. Defaults to 127.0.0.1:8321.
+	Listen string
+	// DatabaseURL selects the database: empty means SQLite in DataDir;
+	// postgres:// or postgresql:// selects PostgreSQL; sqlite:PATH (or
+	// file:PATH) names another SQLite file.
+	DatabaseURL string
+	// KEKFile is the key-encryption key's path. Defaults to DataDir/kek.
+	KEKFile string
+	// LogFormat is "text" or "json". Defaults to text.
+	LogFormat string
+	// FIPS refuses to start unless Go's FIPS 140-3 module is enabled.
+	FIPS bool
+	// TLSCert and TLSKey, both or neither, make the API listener serve HTTPS.
+	TLSCert string
+	TLSKey  string
+	// MaxBodyBytes bounds request bodies; larger ones get 413. Defaults to 1 MiB.
+	MaxBodyBytes int64
+	// ShutdownTimeout bounds graceful shutdown. Defaults to 15s.
+	ShutdownTimeout time.Duration
+}
+
+// WithDefaults returns a copy of c with every unset field defaulted.
+func (c Config) WithDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.KEKFile == "" {
+		c.KEKFile = filepath.Join(c.DataDir, KEKFileName)
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = DefaultLogFormat
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownAfter
+	}
+	return c
+}
+
+// Validate reports every invalid field at once, naming the flag and the fix.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8321: %w", c.Listen, err))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key: give both to serve HTTPS, or neither"))
+	}
+	if c.MaxBodyBytes < 0 {
+		errs = append(errs, errors.New("max body bytes: must be positive"))
+	}
+	if _, err := ParseDatabaseURL(c.DatabaseURL, c.DataDir); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Database is a parsed --db value.
+type Database struct {
+	// Dialect is "sqlite" or "postgres".
+	Dialect string
+	// DSN is what the driver opens: a file path for SQLite, the URL for PostgreSQL.
+	DSN string
+}
+
+// ParseDatabaseURL interprets a --db value. Empty means SQLite in dataDir.
+func ParseDatabaseURL(raw, dataDir string) (Database, error) {
+	switch {
+	case raw == "":
+		return Database{Dialect: "sqlite", DSN: filepath.Join(dataDir, SQLiteFileName)}, nil
+	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
+		if _, err := url.Parse(raw); err != nil {
+			return Database{}, fmt.Errorf("--db: not a valid PostgreSQL URL (want postgres://user@host:5432/dbname): %w", err)
+		}
+		return Database{Dialect: "postgres", DSN: raw}, nil
+	case strings.HasPrefix(raw, "sqlite:"):
+		p := strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//")
+		if p == "" {
+			return Database{}, errors.New("--db sqlite: needs a file path, e.g. sqlite:/var/lib/trustflow/trustflow.db")
+		}
+		return Database{Dialect: "sqlite", DSN: p}, nil
+	case strings.HasPrefix(raw, "file:"):
+		return Database{Dialect: "sqlite", DSN: strings.TrimPrefix(raw, "file:")}, nil
+	default:
+		return Database{}, fmt.Errorf("--db %q: unknown database; use postgres://user@host:5432/db, sqlite:PATH, or leave it empty for SQLite in the data dir", redactURL(raw))
+	}
+}
+
+// redactURL hides a password in a URL before it is shown in an error.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}

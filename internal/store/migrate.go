@@ -1,0 +1,122 @@
+package store
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+//go:embed migrations
+var migrationFS embed.FS
+
+// migrationLockID is the PostgreSQL advisory lock that serialises nodes
+// migrating the same database at once.
+const migrationLockID = 0x7472_7573_7466_6c6f // "trustflo"
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func loadMigrations(d Dialect) ([]migration, error) {
+	dir := "migrations/" + string(d)
+	entries, err := fs.ReadDir(migrationFS, dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: read migrations for %s: %w", d, err)
+	}
+	var out []migration
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".sql") {
+			continue
+		}
+		num, _, ok := strings.Cut(name, "_")
+		if !ok {
+			return nil, fmt.Errorf("store: migration %s: name must be NNNN_description.sql", name)
+		}
+		v, err := strconv.Atoi(num)
+		if err != nil {
+			return nil, fmt.Errorf("store: migration %s: name must start with a number: %w", name, err)
+		}
+		body, err := fs.ReadFile(migrationFS, dir+"/"+name)
+		if err != nil {
+			return nil, fmt.Errorf("store: read migration %s: %w", name, err)
+		}
+		out = append(out, migration{version: v, name: name, sql: string(body)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
+	for i := range out {
+		if out[i].version != i+1 {
+			return nil, fmt.Errorf("store: migrations for %s: expected version %d, found %s", d, i+1, out[i].name)
+		}
+	}
+	return out, nil
+}
+
+// migrate applies pending migrations in one transaction. On PostgreSQL an
+// advisory lock makes concurrent nodes wait for each other, so a node that
+// starts against an already-migrated database applies nothing.
+func (s *Store) migrate(ctx context.Context) error {
+	migs, err := loadMigrations(s.dialect)
+	if err != nil {
+		return err
+	}
+	return s.InTx(ctx, func(tx *Tx) error {
+		if s.dialect == Postgres {
+			if _, err := tx.tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLockID)); err != nil {
+				return fmt.Errorf("store: lock for migration: %w", err)
+			}
+		}
+		if _, err := tx.tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+			version INTEGER PRIMARY KEY,
+			name TEXT NOT NULL,
+			applied_at BIGINT NOT NULL)`); err != nil {
+			return fmt.Errorf("store: create schema_migrations: %w", err)
+		}
+		applied := map[int]bool{}
+		rows, err := tx.tx.QueryContext(ctx, "SELECT version FROM schema_migrations")
+		if err != nil {
+			return fmt.Errorf("store: read schema_migrations: %w", err)
+		}
+		for rows.Next() {
+			var v int
+			if err := rows.Scan(&v); err != nil {
+				rows.Close()
+				return fmt.Errorf("store: read schema_migrations: %w", err)
+			}
+			applied[v] = true
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("store: read schema_migrations: %w", err)
+		}
+		for _, m := range migs {
+			if applied[m.version] {
+				continue
+			}
+			if _, err := tx.tx.ExecContext(ctx, m.sql); err != nil {
+				return fmt.Errorf("store: apply migration %s: %w", m.name, err)
+			}
+			if _, err := tx.tx.ExecContext(ctx,
+				"INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+				m.version, m.name, micros(time.Now())); err != nil {
+				return fmt.Errorf("store: record migration %s: %w", m.name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// SchemaVersion reports the newest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	if err := s.read.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").Scan(&v); err != nil {
+		return 0, fmt.Errorf("store: schema version: %w", err)
+	}
+	return v, nil
+}
