@@ -79,7 +79,44 @@ func componentSchemas() map[string]any {
 		"outcome": enum("success", "failure", "denied"), "details": map[string]any{"type": "object"},
 		"prev_hash": str, "hash": str,
 	})
-	return map[string]any{
+	certInfo := obj([]string{"serial", "subject", "issuer", "fingerprint_sha256", "not_before", "not_after", "key_type"}, map[string]any{
+		"serial": str, "subject": str, "issuer": str, "fingerprint_sha256": str, "not_before": dateTime, "not_after": dateTime,
+		"key_type": str, "is_ca": boolean, "dns_names": arrayOf(str), "ip_addresses": arrayOf(str),
+	})
+	b64 := map[string]any{"type": "string", "format": "byte", "description": "file contents, base64"}
+	material := map[string]any{
+		"cert": b64, "key": b64, "key_password": str, "chain": b64, "pkcs12": b64, "pkcs12_password": str, "allow_expired": boolean,
+	}
+	generate := obj([]string{"subject"}, map[string]any{"subject": map[string]any{"type": "string", "description": "e.g. CN=svc,O=Agency"},
+		"dns_names": arrayOf(str), "key_type": enum("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")})
+	version := obj([]string{"version", "status", "key_type"}, map[string]any{
+		"version": integer, "status": enum("pending", "staged", "active", "retired"), "source": enum("imported", "generated"),
+		"key_type": str, "serial": str, "subject": str, "issuer": str, "fingerprint_sha256": str, "not_before": dateTime, "not_after": dateTime,
+		"dns_names": arrayOf(str), "chain": arrayOf(schemaRef("CertInfo")), "csr": str, "created_at": dateTime, "activated_at": dateTime,
+	})
+	schemas := map[string]any{
+		"CertInfo": certInfo,
+		"CA": obj([]string{"name", "certificates"}, map[string]any{"name": str, "description": str, "allow_leaf_anchor": boolean,
+			"certificates": arrayOf(schemaRef("CertInfo")), "created_at": dateTime, "updated_at": dateTime, "revision": integer}),
+		"CARequest":     obj([]string{"data"}, map[string]any{"name": str, "description": str, "data": b64, "allow_leaf_anchor": boolean, "allow_expired": boolean}),
+		"VerifyRequest": obj([]string{"leaf"}, map[string]any{"leaf": b64, "intermediates": b64, "name": str, "time": dateTime, "purpose": enum("server", "client")}),
+		"Verification": obj([]string{"valid", "leaf"}, map[string]any{"valid": boolean, "leaf": schemaRef("CertInfo"), "chain": arrayOf(schemaRef("CertInfo")),
+			"error": obj([]string{"code", "message"}, map[string]any{"code": str, "message": str, "hint": str})}),
+		"Identity": obj([]string{"name", "status", "active_version", "versions"}, map[string]any{"name": str, "description": str,
+			"status": enum("active", "pending", "inactive"), "active_version": integer, "created_at": dateTime, "updated_at": dateTime,
+			"versions": arrayOf(schemaRef("IdentityVersion"))}),
+		"IdentityVersion":       version,
+		"ImportIdentityRequest": obj([]string{"name"}, merge(map[string]any{"name": str, "description": str}, material)),
+		"CreateIdentityRequest": obj([]string{"name", "subject"}, merge(map[string]any{"name": str, "description": str}, generate["properties"].(map[string]any))),
+		"CreatedIdentity":       obj([]string{"identity", "csr"}, map[string]any{"identity": schemaRef("Identity"), "csr": str}),
+		"InstallCertRequest":    obj([]string{"cert"}, map[string]any{"cert": b64, "chain": b64, "allow_expired": boolean}),
+		"RotateRequest":         obj(nil, merge(map[string]any{"generate": generate, "stage": boolean}, material)),
+		"RotateResult":          obj([]string{"identity", "version"}, map[string]any{"identity": schemaRef("Identity"), "version": integer, "csr": str}),
+		"ActivateRequest":       obj([]string{"version"}, map[string]any{"version": integer}),
+		"PruneResult":           obj([]string{"identity", "pruned"}, map[string]any{"identity": schemaRef("Identity"), "pruned": arrayOf(integer)}),
+		"RewrapResult":          obj([]string{"to_kek_id", "keys"}, map[string]any{"from_kek_ids": arrayOf(str), "to_kek_id": str, "keys": integer}),
+	}
+	for k, v := range map[string]any{
 		"Error": obj([]string{"error"}, map[string]any{"error": obj([]string{"code", "message"}, map[string]any{
 			"code": str, "message": str, "hint": str, "request_id": str,
 		})}),
@@ -94,7 +131,25 @@ func componentSchemas() map[string]any {
 		"AuditVerification": obj([]string{"ok", "records", "head_seq", "head_hash"}, map[string]any{
 			"ok": boolean, "records": integer, "head_seq": integer, "head_hash": str, "first_bad_seq": integer, "problem": str,
 		}),
+	} {
+		schemas[k] = v
 	}
+	return schemas
+}
+
+func arrayOf(item map[string]any) map[string]any {
+	return map[string]any{"type": "array", "items": item}
+}
+
+func merge(a, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
 }
 
 // OpenAPI builds the OpenAPI 3.1 document from the registered routes.

@@ -21,6 +21,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // BuildInfo describes the running binary.
@@ -40,6 +41,10 @@ type Config struct {
 	FIPSRequired bool
 	MaxBodyBytes int64
 	Registry     *prometheus.Registry
+	// Trust is the trust store; its routes exist only when it is set.
+	Trust *truststore.Service
+	// RotateKEK performs `kek rotate`; nil answers 501.
+	RotateKEK KEKRotator
 }
 
 // Server is the HTTP API.
@@ -114,6 +119,7 @@ func (s *Server) buildRoutes() []Route {
 	rs = append(rs, s.systemRoutes()...)
 	rs = append(rs, s.tokenRoutes()...)
 	rs = append(rs, s.auditRoutes()...)
+	rs = append(rs, s.truststoreRoutes()...)
 	return rs
 }
 

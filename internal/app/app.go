@@ -25,8 +25,8 @@ import (
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/config"
-	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // Options are what the CLI hands the composition root besides the config.
@@ -43,13 +43,13 @@ type Options struct {
 
 // App is a built trustflow server.
 type App struct {
-	cfg     config.Config
-	log     *slog.Logger
-	Store   *store.Store
-	Audit   *audit.Log
-	Auth    *auth.Service
-	Keyring *seal.Keyring
-	API     *api.Server
+	cfg   config.Config
+	log   *slog.Logger
+	Store *store.Store
+	Audit *audit.Log
+	Auth  *auth.Service
+	Trust *truststore.Service
+	API   *api.Server
 
 	// AdminToken is the admin token's secret when this start created it.
 	AdminToken string
@@ -86,12 +86,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err := ensureDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	kek, createdKEK, err := seal.LoadOrCreateKEKFile(cfg.KEKFile)
+	keyring, unfinished, createdKEK, err := loadKEK(cfg.KEKFile)
 	if err != nil {
 		return nil, fmt.Errorf("app: key-encryption key: %w", err)
 	}
 	if createdKEK {
-		opts.Logger.Info("created key-encryption key", "path", cfg.KEKFile, "kek_id", kek.ID())
+		opts.Logger.Info("created key-encryption key", "path", cfg.KEKFile, "kek_id", keyring.CurrentID())
 	}
 	dbc, err := config.ParseDatabaseURL(cfg.DatabaseURL, cfg.DataDir)
 	if err != nil {
@@ -101,9 +101,22 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: open database: %w", err)
 	}
-	a := &App{cfg: cfg, log: opts.Logger, Store: st, Keyring: seal.NewKeyring(kek)}
+	a := &App{cfg: cfg, log: opts.Logger, Store: st}
 	a.Audit = audit.New(st, opts.Clock)
 	a.Auth = auth.NewService(st, a.Audit, opts.Clock)
+	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: keyring, Clock: opts.Clock, FIPS: cfg.FIPS})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	kf := &kekFiles{path: cfg.KEKFile, trust: a.Trust}
+	if unfinished != nil {
+		opts.Logger.Warn("finishing an interrupted key-encryption key rotation", "kek_id", unfinished.ID())
+		if err := kf.finish(ctx, keyring, unfinished); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 
 	secret, created, err := a.Auth.Bootstrap(ctx)
 	if err != nil {
@@ -123,6 +136,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.API = api.New(api.Config{
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
+		Trust: a.Trust, RotateKEK: kf.rotate,
 	})
 	return a, nil
 }

@@ -85,6 +85,21 @@ func (r *Keyring) CurrentID() string {
 // IDs returns the ids of the KEKs the keyring holds, current first.
 func (r *Keyring) IDs() []string { return append([]string(nil), r.ids...) }
 
+// KEKs returns the KEKs the keyring holds, current first, so that a new
+// keyring can keep them as previous keys during a rotation.
+func (r *Keyring) KEKs() []*KEK {
+	out := make([]*KEK, 0, len(r.ids))
+	if r.current != nil {
+		out = append(out, r.current)
+	}
+	for _, k := range r.held {
+		if k != r.current {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Seal encrypts plaintext under a fresh data key wrapped by the current KEK,
 // binding aad (normally the record id), and returns the blob. It neither
 // modifies nor retains plaintext or aad.

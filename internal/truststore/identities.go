@@ -1,0 +1,763 @@
+package truststore
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/pki"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// Version statuses.
+const (
+	StatusPending = "pending" // key generated, waiting for its certificate
+	StatusStaged  = "staged"  // ready, not active
+	StatusActive  = "active"  // presented on handshakes
+	StatusRetired = "retired" // was active; kept until pruned
+)
+
+// Identity is a client identity's public view. It never holds key material.
+type Identity struct {
+	Name          string    `json:"name"`
+	Description   string    `json:"description"`
+	Status        string    `json:"status"` // active, pending (no certificate yet) or inactive
+	ActiveVersion int       `json:"active_version"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	Versions      []Version `json:"versions"`
+}
+
+// Version is one identity version's public view.
+type Version struct {
+	Version           int            `json:"version"`
+	Status            string         `json:"status"`
+	Source            string         `json:"source"` // imported or generated
+	KeyType           string         `json:"key_type"`
+	Serial            string         `json:"serial"`
+	Subject           string         `json:"subject"`
+	Issuer            string         `json:"issuer"`
+	FingerprintSHA256 string         `json:"fingerprint_sha256"`
+	NotBefore         *time.Time     `json:"not_before"`
+	NotAfter          *time.Time     `json:"not_after"`
+	DNSNames          []string       `json:"dns_names,omitempty"`
+	Chain             []pki.CertInfo `json:"chain,omitempty"`
+	CSR               string         `json:"csr,omitempty"` // PEM, while pending
+	CreatedAt         time.Time      `json:"created_at"`
+	ActivatedAt       *time.Time     `json:"activated_at,omitempty"`
+}
+
+// Active returns the active version, if any.
+func (i Identity) Active() (Version, bool) {
+	for _, v := range i.Versions {
+		if v.Status == StatusActive {
+			return v, true
+		}
+	}
+	return Version{}, false
+}
+
+func identityView(i store.Identity, versions []store.IdentityVersion) Identity {
+	out := Identity{Name: i.Name, Description: i.Description, ActiveVersion: i.ActiveVersion, CreatedAt: i.CreatedAt, UpdatedAt: i.UpdatedAt, Versions: []Version{}}
+	pending := false
+	for _, v := range versions {
+		view := Version{Version: v.Version, Status: v.Status, Source: v.Source, KeyType: v.KeyType, Serial: v.Serial, Subject: v.Subject,
+			Issuer: v.Issuer, FingerprintSHA256: v.Fingerprint, NotBefore: v.NotBefore, NotAfter: v.NotAfter, CreatedAt: v.CreatedAt, ActivatedAt: v.ActivatedAt}
+		if v.Status == StatusPending {
+			pending = true
+			view.CSR = v.CSRPEM
+		}
+		if v.CertPEM != "" {
+			if certs, err := pki.ParseCertificates([]byte(v.CertPEM)); err == nil {
+				view.DNSNames = certs[0].DNSNames
+			}
+		}
+		if v.ChainPEM != "" {
+			if chain, err := pki.ParseCertificates([]byte(v.ChainPEM)); err == nil {
+				for _, c := range chain {
+					view.Chain = append(view.Chain, pki.Info(c))
+				}
+			}
+		}
+		out.Versions = append(out.Versions, view)
+	}
+	switch {
+	case i.ActiveVersion > 0:
+		out.Status = StatusActive
+	case pending:
+		out.Status = StatusPending
+	default:
+		out.Status = "inactive"
+	}
+	return out
+}
+
+// Material is an identity's certificate, chain and private key, in one of
+// two forms: separate PEM/DER files, or a PKCS#12 file.
+type Material struct {
+	Cert        []byte
+	Key         []byte
+	KeyPassword []byte
+	Chain       []byte
+	PKCS12      []byte
+	// PKCS12Password may be empty for a P12 without a password.
+	PKCS12Password string
+	// AllowExpired accepts a certificate outside its validity period.
+	AllowExpired bool
+}
+
+type parsedMaterial struct {
+	key   crypto.Signer
+	leaf  *x509.Certificate
+	chain []*x509.Certificate
+}
+
+// parseMaterial reads and checks an identity's material: the key matches
+// the certificate, the certificate may authenticate a TLS client, it is
+// within its validity period, and the chain leads to its issuer.
+func (s *Service) parseMaterial(m Material) (parsedMaterial, error) {
+	var p parsedMaterial
+	switch {
+	case len(m.PKCS12) > 0:
+		if len(m.Cert) > 0 || len(m.Key) > 0 {
+			return p, invalid("pkcs12", "invalid_input", "give either a PKCS#12 file or a certificate and key, not both", "drop --cert/--key, or drop --pkcs12")
+		}
+		key, leaf, chain, err := pki.ParsePKCS12(m.PKCS12, m.PKCS12Password)
+		if err != nil {
+			return p, fieldError("pkcs12", err)
+		}
+		p = parsedMaterial{key: key, leaf: leaf, chain: chain}
+	case len(m.Cert) == 0:
+		return p, invalid("cert", "required", "no certificate was given", "pass --cert FILE and --key FILE, or --pkcs12 FILE")
+	case len(m.Key) == 0:
+		return p, invalid("key", "required", "no private key was given", "pass the certificate's private key with --key FILE")
+	default:
+		certs, err := pki.ParseCertificates(m.Cert)
+		if err != nil {
+			return p, fieldError("cert", err)
+		}
+		key, err := pki.ParsePrivateKey(m.Key, m.KeyPassword)
+		if err != nil {
+			return p, fieldError("key", err)
+		}
+		p = parsedMaterial{key: key, leaf: certs[0], chain: certs[1:]}
+	}
+	if len(m.Chain) > 0 {
+		chain, err := pki.ParseCertificates(m.Chain)
+		if err != nil {
+			return p, fieldError("chain", err)
+		}
+		p.chain = append(p.chain, chain...)
+	}
+	if err := pki.KeyMatchesCertificate(p.key, p.leaf); err != nil {
+		return p, fieldError("key", err)
+	}
+	if err := s.checkCertificate(p.leaf, p.chain, m.AllowExpired); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// checkCertificate applies the client-certificate checks to leaf and chain.
+func (s *Service) checkCertificate(leaf *x509.Certificate, chain []*x509.Certificate, allowExpired bool) error {
+	if err := pki.CheckClientAuth(leaf); err != nil {
+		return fieldError("cert", err)
+	}
+	if !allowExpired {
+		if err := pki.CheckValidity(leaf, s.clock.Now()); err != nil {
+			return fieldError("cert", addHint(err, "or pass --allow-expired to import it anyway"))
+		}
+	}
+	if err := pki.CheckChain(leaf, chain); err != nil {
+		return fieldError("chain", err)
+	}
+	if s.cfg.FIPS {
+		if err := pki.CheckFIPSKey(leaf.PublicKey); err != nil {
+			return fieldError("key", err)
+		}
+		for _, c := range append([]*x509.Certificate{leaf}, chain...) {
+			if err := pki.CheckFIPSCertificate(c); err != nil {
+				return fieldError("cert", err)
+			}
+		}
+	}
+	return nil
+}
+
+// aad binds a sealed key to its row.
+func aad(identityID string, version int) []byte {
+	return fmt.Appendf(nil, "trustflow/identity/%s/v%d", identityID, version)
+}
+
+func (s *Service) sealKey(identityID string, version int, key crypto.Signer) ([]byte, string, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, "", fmt.Errorf("truststore: encode private key: %w", err)
+	}
+	defer clear(der)
+	kr := s.keyring.Load()
+	blob, err := kr.Seal(der, aad(identityID, version))
+	if err != nil {
+		return nil, "", fmt.Errorf("truststore: seal private key: %w", err)
+	}
+	return blob, kr.CurrentID(), nil
+}
+
+// versionRow builds a stored version from checked material.
+func (s *Service) versionRow(identityID string, version int, status, source string, p parsedMaterial) (store.IdentityVersion, error) {
+	sealed, kekID, err := s.sealKey(identityID, version, p.key)
+	if err != nil {
+		return store.IdentityVersion{}, err
+	}
+	info := pki.Info(p.leaf)
+	nb, na := info.NotBefore, info.NotAfter
+	row := store.IdentityVersion{
+		IdentityID: identityID, Version: version, Status: status, Source: source, KeyType: pki.KeyType(p.key.Public()),
+		SealedKey: sealed, KEKID: kekID, CertPEM: string(pki.EncodeCertificatesPEM(p.leaf)),
+		Serial: info.Serial, Subject: info.Subject, Issuer: info.Issuer, Fingerprint: info.FingerprintSHA256,
+		NotBefore: &nb, NotAfter: &na, CreatedAt: s.now(),
+	}
+	if len(p.chain) > 0 {
+		row.ChainPEM = string(pki.EncodeCertificatesPEM(p.chain...))
+	}
+	if status == StatusActive {
+		at := row.CreatedAt
+		row.ActivatedAt = &at
+	}
+	return row, nil
+}
+
+func certDetails(v store.IdentityVersion) map[string]any {
+	d := map[string]any{"version": v.Version, "key_type": v.KeyType, "status": v.Status}
+	if v.Fingerprint != "" {
+		d["fingerprint_sha256"] = v.Fingerprint
+		d["serial"] = v.Serial
+		d["subject"] = v.Subject
+		d["issuer"] = v.Issuer
+		d["not_after"] = v.NotAfter.Format(time.RFC3339)
+	}
+	return d
+}
+
+// ImportRequest imports an identity from existing material.
+type ImportRequest struct {
+	Name        string
+	Description string
+	Material
+}
+
+// Import creates an identity whose first version, active at once, is the
+// given certificate and key.
+func (s *Service) Import(ctx context.Context, actor audit.Actor, req ImportRequest) (Identity, error) {
+	if err := checkName("name", req.Name); err != nil {
+		return Identity{}, err
+	}
+	p, err := s.parseMaterial(req.Material)
+	if err != nil {
+		return Identity{}, err
+	}
+	id, err := newID("id_")
+	if err != nil {
+		return Identity{}, err
+	}
+	row, err := s.versionRow(id, 1, StatusActive, "imported", p)
+	if err != nil {
+		return Identity{}, err
+	}
+	ident := store.Identity{ID: id, Name: req.Name, Description: strings.TrimSpace(req.Description), ActiveVersion: 1, CreatedAt: row.CreatedAt, UpdatedAt: row.CreatedAt, Revision: 1}
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		if err := tx.InsertIdentity(ctx, ident); err != nil {
+			return identityConflict(err, req.Name)
+		}
+		if err := tx.InsertIdentityVersion(ctx, row); err != nil {
+			return err
+		}
+		_, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.import", Target: "identity/" + req.Name, Details: certDetails(row)})
+		return err
+	})
+	if err != nil {
+		return Identity{}, err
+	}
+	s.invalidate(req.Name)
+	return identityView(ident, []store.IdentityVersion{row}), nil
+}
+
+func identityConflict(err error, name string) error {
+	if errors.Is(err, store.ErrConflict) {
+		return &ConflictError{Code: "already_exists", Message: fmt.Sprintf("an identity named %q already exists", name),
+			Hint: "choose another name, or add a version to it with `trustflow identity rotate " + name + "`"}
+	}
+	return err
+}
+
+// GenerateSpec describes a key to generate inside trustflow and the CSR to
+// request its certificate with.
+type GenerateSpec struct {
+	Subject  string
+	DNSNames []string
+	KeyType  string // defaults to ecdsa-p256
+}
+
+func (s *Service) generate(spec GenerateSpec) (crypto.Signer, []byte, string, error) {
+	if strings.TrimSpace(spec.Subject) == "" {
+		return nil, nil, "", invalid("subject", "required", "no subject was given", `pass --subject "CN=trustflow-prod,O=Example Agency"`)
+	}
+	subject, err := pki.ParseSubject(spec.Subject)
+	if err != nil {
+		return nil, nil, "", fieldError("subject", err)
+	}
+	keyType := spec.KeyType
+	if keyType == "" {
+		keyType = "ecdsa-p256"
+	}
+	key, err := pki.GenerateKey(keyType)
+	if err != nil {
+		return nil, nil, "", fieldError("key_type", err)
+	}
+	if s.cfg.FIPS {
+		if err := pki.CheckFIPSKey(key.Public()); err != nil {
+			return nil, nil, "", fieldError("key_type", err)
+		}
+	}
+	csr, err := pki.CreateCSR(key, subject, spec.DNSNames)
+	if err != nil {
+		return nil, nil, "", fieldError("dns", err)
+	}
+	return key, csr, pki.KeyType(key.Public()), nil
+}
+
+// CreateRequest creates an identity whose key is generated inside
+// trustflow; its certificate is installed later.
+type CreateRequest struct {
+	Name        string
+	Description string
+	GenerateSpec
+}
+
+// Create generates a key and a CSR for a new identity. The identity stays
+// pending until InstallCertificate.
+func (s *Service) Create(ctx context.Context, actor audit.Actor, req CreateRequest) (Identity, string, error) {
+	if err := checkName("name", req.Name); err != nil {
+		return Identity{}, "", err
+	}
+	key, csr, keyType, err := s.generate(req.GenerateSpec)
+	if err != nil {
+		return Identity{}, "", err
+	}
+	id, err := newID("id_")
+	if err != nil {
+		return Identity{}, "", err
+	}
+	sealed, kekID, err := s.sealKey(id, 1, key)
+	if err != nil {
+		return Identity{}, "", err
+	}
+	now := s.now()
+	ident := store.Identity{ID: id, Name: req.Name, Description: strings.TrimSpace(req.Description), CreatedAt: now, UpdatedAt: now, Revision: 1}
+	row := store.IdentityVersion{IdentityID: id, Version: 1, Status: StatusPending, Source: "generated", KeyType: keyType,
+		SealedKey: sealed, KEKID: kekID, CSRPEM: string(csr), ActivateOnInstall: true, CreatedAt: now}
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		if err := tx.InsertIdentity(ctx, ident); err != nil {
+			return identityConflict(err, req.Name)
+		}
+		if err := tx.InsertIdentityVersion(ctx, row); err != nil {
+			return err
+		}
+		d := certDetails(row)
+		d["subject_requested"] = req.Subject
+		_, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.create", Target: "identity/" + req.Name, Details: d})
+		return err
+	})
+	if err != nil {
+		return Identity{}, "", err
+	}
+	return identityView(ident, []store.IdentityVersion{row}), string(csr), nil
+}
+
+// lookup loads an identity and its versions inside tx.
+func lookup(ctx context.Context, tx *store.Tx, name string) (store.Identity, []store.IdentityVersion, error) {
+	ident, err := tx.IdentityByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return ident, nil, &NotFoundError{Kind: "identity", Name: name}
+	} else if err != nil {
+		return ident, nil, err
+	}
+	versions, err := tx.IdentityVersions(ctx, ident.ID)
+	return ident, versions, err
+}
+
+// InstallRequest installs the signed certificate for a pending version.
+type InstallRequest struct {
+	Name         string
+	Cert         []byte
+	Chain        []byte
+	AllowExpired bool
+}
+
+// InstallCertificate installs a certificate for the identity's pending
+// version (generated by Create or Rotate). It must match the pending key.
+// The version becomes active unless it was staged.
+func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req InstallRequest) (Identity, error) {
+	if len(req.Cert) == 0 {
+		return Identity{}, invalid("cert", "required", "no certificate was given", "pass the certificate your CA signed from the CSR with --cert FILE")
+	}
+	certs, err := pki.ParseCertificates(req.Cert)
+	if err != nil {
+		return Identity{}, fieldError("cert", err)
+	}
+	leaf, chain := certs[0], certs[1:]
+	if len(req.Chain) > 0 {
+		more, err := pki.ParseCertificates(req.Chain)
+		if err != nil {
+			return Identity{}, fieldError("chain", err)
+		}
+		chain = append(chain, more...)
+	}
+	if err := s.checkCertificate(leaf, chain, req.AllowExpired); err != nil {
+		return Identity{}, err
+	}
+	var out Identity
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		ident, versions, err := lookup(ctx, tx, req.Name)
+		if err != nil {
+			return err
+		}
+		var pending *store.IdentityVersion
+		for i := range versions {
+			if versions[i].Status == StatusPending {
+				pending = &versions[i]
+			}
+		}
+		if pending == nil {
+			return &ConflictError{Code: "no_pending_version", Message: fmt.Sprintf("identity %q has no version waiting for a certificate", req.Name),
+				Hint: "generate a key and CSR first with `trustflow identity rotate " + req.Name + " --generate`"}
+		}
+		key, err := s.openKey(*pending)
+		if err != nil {
+			return err
+		}
+		if err := pki.KeyMatchesCertificate(key, leaf); err != nil {
+			return fieldError("cert", addHint(err, fmt.Sprintf("install the certificate issued for the CSR of version %d", pending.Version)))
+		}
+		p := parsedMaterial{key: key, leaf: leaf, chain: chain}
+		row, err := s.versionRow(ident.ID, pending.Version, StatusStaged, pending.Source, p)
+		if err != nil {
+			return err
+		}
+		if err := tx.InstallCertificate(ctx, row); err != nil {
+			return err
+		}
+		activate := pending.ActivateOnInstall
+		if activate {
+			if err := tx.ActivateVersion(ctx, ident.ID, row.Version, s.now()); err != nil {
+				return err
+			}
+			row.Status = StatusActive
+		} else if err := tx.TouchIdentity(ctx, ident.ID, ident.ActiveVersion, s.now()); err != nil {
+			return err
+		}
+		d := certDetails(row)
+		d["activated"] = activate
+		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.install_cert", Target: "identity/" + req.Name, Details: d}); err != nil {
+			return err
+		}
+		out, err = s.viewTx(ctx, tx, req.Name)
+		return err
+	})
+	if err != nil {
+		return Identity{}, err
+	}
+	s.invalidate(req.Name)
+	return out, nil
+}
+
+// RotateRequest adds a version to an identity: either imported Material or
+// a Generate spec (then the certificate is installed later).
+type RotateRequest struct {
+	Name     string
+	Material Material
+	Generate *GenerateSpec
+	// Stage keeps the new version inactive until Activate.
+	Stage bool
+}
+
+// RotateResult is a rotation's outcome; CSR is set for generated versions.
+type RotateResult struct {
+	Identity Identity `json:"identity"`
+	Version  int      `json:"version"`
+	CSR      string   `json:"csr,omitempty"`
+}
+
+// Rotate adds a new version. Imported material is activated at once unless
+// staged; the switch is atomic, and the next handshake presents it.
+func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateRequest) (RotateResult, error) {
+	var p parsedMaterial
+	var csr []byte
+	var keyType string
+	var err error
+	if req.Generate != nil {
+		var key crypto.Signer
+		key, csr, keyType, err = s.generate(*req.Generate)
+		p.key = key
+	} else {
+		p, err = s.parseMaterial(req.Material)
+	}
+	if err != nil {
+		return RotateResult{}, err
+	}
+	var out RotateResult
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		ident, versions, err := lookup(ctx, tx, req.Name)
+		if err != nil {
+			return err
+		}
+		next := 1
+		for _, v := range versions {
+			if v.Version >= next {
+				next = v.Version + 1
+			}
+			if req.Generate != nil && v.Status == StatusPending {
+				return &ConflictError{Code: "pending_version", Message: fmt.Sprintf("identity %q already has version %d waiting for its certificate", req.Name, v.Version),
+					Hint: "install its certificate with `trustflow identity install-cert " + req.Name + " --cert F` first"}
+			}
+		}
+		var row store.IdentityVersion
+		if req.Generate != nil {
+			sealed, kekID, err := s.sealKey(ident.ID, next, p.key)
+			if err != nil {
+				return err
+			}
+			row = store.IdentityVersion{IdentityID: ident.ID, Version: next, Status: StatusPending, Source: "generated", KeyType: keyType,
+				SealedKey: sealed, KEKID: kekID, CSRPEM: string(csr), ActivateOnInstall: !req.Stage, CreatedAt: s.now()}
+		} else {
+			row, err = s.versionRow(ident.ID, next, StatusStaged, "imported", p)
+			if err != nil {
+				return err
+			}
+		}
+		if err := tx.InsertIdentityVersion(ctx, row); err != nil {
+			return err
+		}
+		active := ident.ActiveVersion
+		if req.Generate == nil && !req.Stage {
+			if err := tx.ActivateVersion(ctx, ident.ID, next, s.now()); err != nil {
+				return err
+			}
+			row.Status = StatusActive
+		} else if err := tx.TouchIdentity(ctx, ident.ID, active, s.now()); err != nil {
+			return err
+		}
+		d := certDetails(row)
+		d["previous_active_version"] = active
+		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.rotate", Target: "identity/" + req.Name, Details: d}); err != nil {
+			return err
+		}
+		out.Version, out.CSR = next, string(csr)
+		out.Identity, err = s.viewTx(ctx, tx, req.Name)
+		return err
+	})
+	if err != nil {
+		return RotateResult{}, err
+	}
+	s.invalidate(req.Name)
+	return out, nil
+}
+
+// Activate makes version the active one: a staged version goes live, or a
+// retired one comes back (rollback).
+func (s *Service) Activate(ctx context.Context, actor audit.Actor, name string, version int) (Identity, error) {
+	var out Identity
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		ident, versions, err := lookup(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		var target *store.IdentityVersion
+		for i := range versions {
+			if versions[i].Version == version {
+				target = &versions[i]
+			}
+		}
+		switch {
+		case target == nil:
+			return &NotFoundError{Kind: "identity version", Name: fmt.Sprintf("%s v%d", name, version)}
+		case target.Status == StatusActive:
+			return &ConflictError{Code: "already_active", Message: fmt.Sprintf("version %d of %q is already active", version, name), Hint: "nothing to do"}
+		case target.Status == StatusPending:
+			return &ConflictError{Code: "pending_version", Message: fmt.Sprintf("version %d of %q has no certificate yet", version, name),
+				Hint: "install its certificate with `trustflow identity install-cert " + name + " --cert F`"}
+		}
+		if target.NotAfter != nil && !s.clock.Now().Before(*target.NotAfter) {
+			return &ConflictError{Code: "expired", Message: fmt.Sprintf("version %d of %q expired on %s", version, name, target.NotAfter.Format(time.RFC3339)),
+				Hint: "activate a version that is still valid, or rotate in a new certificate"}
+		}
+		if err := tx.ActivateVersion(ctx, ident.ID, version, s.now()); err != nil {
+			return err
+		}
+		d := certDetails(*target)
+		d["previous_active_version"] = ident.ActiveVersion
+		d["status"] = StatusActive
+		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.activate", Target: "identity/" + name, Details: d}); err != nil {
+			return err
+		}
+		out, err = s.viewTx(ctx, tx, name)
+		return err
+	})
+	if err != nil {
+		return Identity{}, err
+	}
+	s.invalidate(name)
+	return out, nil
+}
+
+// Prune deletes an identity's retired versions and their sealed keys.
+func (s *Service) Prune(ctx context.Context, actor audit.Actor, name string) (Identity, []int, error) {
+	var out Identity
+	var pruned []int
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		ident, _, err := lookup(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		pruned, err = tx.DeleteRetiredVersions(ctx, ident.ID)
+		if err != nil {
+			return err
+		}
+		if len(pruned) > 0 {
+			if err := tx.TouchIdentity(ctx, ident.ID, ident.ActiveVersion, s.now()); err != nil {
+				return err
+			}
+			if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.prune", Target: "identity/" + name,
+				Details: map[string]any{"versions": pruned}}); err != nil {
+				return err
+			}
+		}
+		out, err = s.viewTx(ctx, tx, name)
+		return err
+	})
+	return out, pruned, err
+}
+
+// Remove deletes an identity and every version, unless something uses it.
+func (s *Service) Remove(ctx context.Context, actor audit.Actor, name string) error {
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		ident, versions, err := lookup(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		users, err := s.cfg.InUse(ctx, tx, "identity", name)
+		if err != nil {
+			return err
+		}
+		if len(users) > 0 {
+			return &ConflictError{Code: "in_use", UsedBy: users,
+				Message: fmt.Sprintf("identity %q is still used by connectors: %s", name, strings.Join(users, ", ")),
+				Hint:    "point those connectors at another identity first (`trustflow connector update NAME --identity OTHER`)"}
+		}
+		if err := tx.DeleteIdentity(ctx, ident.ID); err != nil {
+			return err
+		}
+		var fps []string
+		for _, v := range versions {
+			if v.Fingerprint != "" {
+				fps = append(fps, v.Fingerprint)
+			}
+		}
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.remove", Target: "identity/" + name,
+			Details: map[string]any{"versions": len(versions), "fingerprints_sha256": fps}})
+		return err
+	})
+	if err == nil {
+		s.invalidate(name)
+	}
+	return err
+}
+
+func (s *Service) viewTx(ctx context.Context, tx *store.Tx, name string) (Identity, error) {
+	ident, versions, err := lookup(ctx, tx, name)
+	if err != nil {
+		return Identity{}, err
+	}
+	return identityView(ident, versions), nil
+}
+
+// Get returns one identity with every version.
+func (s *Service) Get(ctx context.Context, name string) (Identity, error) {
+	ident, err := s.store.IdentityByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Identity{}, &NotFoundError{Kind: "identity", Name: name}
+	} else if err != nil {
+		return Identity{}, err
+	}
+	versions, err := s.store.IdentityVersions(ctx, ident.ID)
+	if err != nil {
+		return Identity{}, err
+	}
+	return identityView(ident, versions), nil
+}
+
+// List returns every identity; with expiringWithin > 0, only those whose
+// active certificate expires within that duration.
+func (s *Service) List(ctx context.Context, expiringWithin time.Duration) ([]Identity, error) {
+	rows, err := s.store.ListIdentities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	deadline := s.clock.Now().Add(expiringWithin)
+	out := []Identity{}
+	for _, r := range rows {
+		versions, err := s.store.IdentityVersions(ctx, r.ID)
+		if err != nil {
+			return nil, err
+		}
+		v := identityView(r, versions)
+		if expiringWithin > 0 {
+			a, ok := v.Active()
+			if !ok || a.NotAfter == nil || a.NotAfter.After(deadline) {
+				continue
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// openKey unseals a version's private key. A blob that fails
+// authentication is reported (and audited by the caller's transaction
+// failing) as a clear error, never a panic.
+func (s *Service) openKey(v store.IdentityVersion) (crypto.Signer, error) {
+	der, err := s.keyring.Load().Open(v.SealedKey, aad(v.IdentityID, v.Version))
+	if err != nil {
+		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: err}
+	}
+	defer clear(der)
+	parsed, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: err}
+	}
+	key, ok := parsed.(crypto.Signer)
+	if !ok {
+		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: fmt.Errorf("key type %T cannot sign", parsed)}
+	}
+	return key, nil
+}
+
+// KeyUnavailableError means a sealed key could not be opened: the blob was
+// altered, or the key-encryption key in use is not the one that sealed it.
+type KeyUnavailableError struct {
+	IdentityID string
+	Version    int
+	Err        error
+}
+
+func (e *KeyUnavailableError) Error() string {
+	return fmt.Sprintf("truststore: the private key of identity version %s/v%d cannot be unsealed (the stored key was altered, or this server has a different key-encryption key): %v", e.IdentityID, e.Version, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *KeyUnavailableError) Unwrap() error { return e.Err }

@@ -1,0 +1,166 @@
+// Package truststore owns trustflow's trust store: the CA bundles that
+// connectors trust to sign servers' certificates, and the client identities
+// (certificate, chain and sealed private key, in versions of which exactly
+// one is active) that trustflow presents. It validates every input with pki,
+// seals keys with seal, records every change in the audit log in the same
+// transaction, and serves the active identity to TLS handshakes.
+package truststore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/pki"
+	"github.com/trustflow/trustflow/internal/seal"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// InUseFunc reports which resources (by name) still use the CA or identity
+// called name; kind is "ca" or "identity". It runs inside the removal's
+// transaction.
+type InUseFunc func(ctx context.Context, tx *store.Tx, kind, name string) ([]string, error)
+
+// Config configures the trust store. Store, Audit and Keyring are required.
+type Config struct {
+	Store   *store.Store
+	Audit   *audit.Log
+	Keyring *seal.Keyring
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+	// FIPS applies the FIPS 140-3 key and certificate policy to every import
+	// and generation.
+	FIPS bool
+	// InUse guards removals. Defaults to "nothing uses anything".
+	InUse InUseFunc
+	// RevalidateAfter is how long the handshake path trusts its cached
+	// active identity before re-reading its revision. Changes made through
+	// this Service take effect at once; this bounds the delay for changes
+	// made by another node. Defaults to 1s.
+	RevalidateAfter time.Duration
+}
+
+// Service is the trust store.
+type Service struct {
+	cfg     Config
+	store   *store.Store
+	audit   *audit.Log
+	clock   clock.Clock
+	keyring atomic.Pointer[seal.Keyring]
+
+	mu     sync.RWMutex
+	active map[string]*activeEntry
+}
+
+// New returns the trust store service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Audit == nil || cfg.Keyring == nil {
+		return nil, errors.New("truststore: Store, Audit and Keyring are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.InUse == nil {
+		cfg.InUse = func(context.Context, *store.Tx, string, string) ([]string, error) { return nil, nil }
+	}
+	if cfg.RevalidateAfter == 0 {
+		cfg.RevalidateAfter = time.Second
+	}
+	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, clock: cfg.Clock, active: map[string]*activeEntry{}}
+	s.keyring.Store(cfg.Keyring)
+	return s, nil
+}
+
+// SetInUse installs the removal guard once the components that use CAs and
+// identities exist.
+func (s *Service) SetInUse(f InUseFunc) { s.cfg.InUse = f }
+
+// UseKeyring replaces the keyring that seals and opens keys. The caller
+// guarantees that it opens every stored key (see Rewrap).
+func (s *Service) UseKeyring(kr *seal.Keyring) { s.keyring.Store(kr) }
+
+// Keyring returns the keyring currently sealing keys.
+func (s *Service) Keyring() *seal.Keyring { return s.keyring.Load() }
+
+// InputError is a rejected input: it names the request field at fault, and
+// carries pki's code, message and hint when pki found the problem.
+type InputError struct {
+	Field   string
+	Code    string
+	Message string
+	Hint    string
+	Err     error
+}
+
+func (e *InputError) Error() string {
+	return fmt.Sprintf("truststore: %s: %s", e.Field, e.Message)
+}
+
+// Unwrap returns the cause.
+func (e *InputError) Unwrap() error { return e.Err }
+
+// ConflictError is a change refused because of the current state: a name
+// that is taken, a resource still in use, a version in the wrong state.
+type ConflictError struct {
+	Code    string
+	Message string
+	Hint    string
+	// UsedBy names the resources that still use the one being removed.
+	UsedBy []string
+}
+
+func (e *ConflictError) Error() string { return "truststore: " + e.Message }
+
+// NotFoundError names what does not exist.
+type NotFoundError struct {
+	Kind string
+	Name string
+}
+
+func (e *NotFoundError) Error() string {
+	return fmt.Sprintf("truststore: %s %q does not exist", e.Kind, e.Name)
+}
+
+// Unwrap makes errors.Is(err, store.ErrNotFound) hold.
+func (e *NotFoundError) Unwrap() error { return store.ErrNotFound }
+
+// fieldError wraps err (a *pki.Error, usually) as an InputError on field.
+func fieldError(field string, err error) error {
+	var pe *pki.Error
+	if errors.As(err, &pe) {
+		return &InputError{Field: field, Code: pe.Code, Message: pe.Message, Hint: pe.Hint, Err: err}
+	}
+	return &InputError{Field: field, Code: "invalid_input", Message: err.Error(), Err: err}
+}
+
+func invalid(field, code, msg, hint string) error {
+	return &InputError{Field: field, Code: code, Message: msg, Hint: hint}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+func checkName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return invalid(field, "invalid_name", fmt.Sprintf("%q is not a valid name", name),
+			"use 1-63 lowercase letters, digits, '.', '-' or '_', starting with a letter or digit, e.g. hr-prod")
+	}
+	return nil
+}
+
+func newID(prefix string) (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("truststore: generate id: %w", err)
+	}
+	return prefix + hex.EncodeToString(b), nil
+}
+
+func (s *Service) now() time.Time { return s.clock.Now().UTC().Truncate(time.Microsecond) }
