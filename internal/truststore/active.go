@@ -3,6 +3,7 @@ package truststore
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -101,4 +102,18 @@ func (s *Service) invalidate(name string) {
 	s.mu.Lock()
 	delete(s.active, name)
 	s.mu.Unlock()
+	s.gen.Add(1)
+}
+
+// invalidateCA drops a cached CA bundle after a local change.
+func (s *Service) invalidateCA(name string) {
+	s.mu.Lock()
+	delete(s.anchors, name)
+	s.mu.Unlock()
+	s.gen.Add(1)
+}
+
+type anchorEntry struct {
+	checkedAt time.Time
+	certs     []*x509.Certificate
 }

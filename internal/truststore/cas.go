@@ -150,6 +150,7 @@ func (s *Service) AddCA(ctx context.Context, actor audit.Actor, req CARequest) (
 	if err != nil {
 		return CA{}, err
 	}
+	s.invalidateCA(req.Name)
 	return caView(row)
 }
 
@@ -191,11 +192,13 @@ func (s *Service) UpdateCA(ctx context.Context, actor audit.Actor, req CARequest
 	if err != nil {
 		return CA{}, err
 	}
+	s.invalidateCA(req.Name)
 	return caView(out)
 }
 
 // RemoveCA deletes a CA bundle unless something still uses it.
 func (s *Service) RemoveCA(ctx context.Context, actor audit.Actor, name string) error {
+	defer s.invalidateCA(name)
 	return s.store.InTx(ctx, func(tx *store.Tx) error {
 		c, err := tx.CAByName(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
@@ -251,10 +254,20 @@ func (s *Service) ListCAs(ctx context.Context) ([]CA, error) {
 }
 
 // Anchors returns the certificates of the named CA bundles, for
-// verification. An unknown name is an error.
+// verification on every handshake. Bundles are cached; a local change is
+// seen at once, another node's within RevalidateAfter. An unknown name is a
+// *NotFoundError.
 func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
+	now := s.clock.Now()
 	for _, n := range names {
+		s.mu.RLock()
+		e := s.anchors[n]
+		s.mu.RUnlock()
+		if e != nil && now.Sub(e.checkedAt) < s.cfg.RevalidateAfter {
+			out = append(out, e.certs...)
+			continue
+		}
 		c, err := s.store.CAByName(ctx, n)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, &NotFoundError{Kind: "CA", Name: n}
@@ -265,6 +278,9 @@ func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certifi
 		if err != nil {
 			return nil, fmt.Errorf("truststore: stored ca %q does not parse: %w", n, err)
 		}
+		s.mu.Lock()
+		s.anchors[n] = &anchorEntry{checkedAt: now, certs: certs}
+		s.mu.Unlock()
 		out = append(out, certs...)
 	}
 	return out, nil

@@ -52,6 +52,25 @@ func (s *Service) Rewrap(ctx context.Context, actor audit.Actor, keyring *seal.K
 				}
 				n++
 			}
+			secrets, err := tx.SealedSecrets(ctx)
+			if err != nil {
+				return err
+			}
+			for _, k := range secrets {
+				if k.KEKID == to.ID() {
+					continue
+				}
+				blob, err := keyring.Rewrap(k.Sealed, to)
+				if err != nil {
+					return fmt.Errorf("truststore: rewrap secret of connector %s: %w", k.ConnectorID, err)
+				}
+				from[k.KEKID] = true
+				k.Sealed, k.KEKID = blob, to.ID()
+				if err := tx.UpdateSealedSecret(ctx, k); err != nil {
+					return err
+				}
+				n++
+			}
 			if pass > 0 && n == 0 {
 				return nil
 			}

@@ -56,8 +56,12 @@ type Service struct {
 	clock   clock.Clock
 	keyring atomic.Pointer[seal.Keyring]
 
-	mu     sync.RWMutex
-	active map[string]*activeEntry
+	mu      sync.RWMutex
+	active  map[string]*activeEntry
+	anchors map[string]*anchorEntry
+	// gen counts local changes to CAs and identities, so that callers
+	// caching what they built from them (connector clients) notice at once.
+	gen atomic.Int64
 }
 
 // New returns the trust store service.
@@ -74,7 +78,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.RevalidateAfter == 0 {
 		cfg.RevalidateAfter = time.Second
 	}
-	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, clock: cfg.Clock, active: map[string]*activeEntry{}}
+	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, clock: cfg.Clock, active: map[string]*activeEntry{}, anchors: map[string]*anchorEntry{}}
 	s.keyring.Store(cfg.Keyring)
 	return s, nil
 }
@@ -86,6 +90,34 @@ func (s *Service) SetInUse(f InUseFunc) { s.cfg.InUse = f }
 // UseKeyring replaces the keyring that seals and opens keys. The caller
 // guarantees that it opens every stored key (see Rewrap).
 func (s *Service) UseKeyring(kr *seal.Keyring) { s.keyring.Store(kr) }
+
+// Generation changes whenever this Service changes a CA or an identity.
+// Changes made by another node are seen within RevalidateAfter.
+func (s *Service) Generation() int64 { return s.gen.Load() }
+
+// RevalidateAfter is how long cached trust material is used before it is
+// checked against the database again.
+func (s *Service) RevalidateAfter() time.Duration { return s.cfg.RevalidateAfter }
+
+// SealSecret seals a secret (a connector's password or token) bound to aad,
+// and returns the blob and the id of the KEK that sealed it.
+func (s *Service) SealSecret(plaintext, aad []byte) ([]byte, string, error) {
+	kr := s.keyring.Load()
+	blob, err := kr.Seal(plaintext, aad)
+	if err != nil {
+		return nil, "", fmt.Errorf("truststore: seal secret: %w", err)
+	}
+	return blob, kr.CurrentID(), nil
+}
+
+// OpenSecret opens a blob made by SealSecret with the same aad.
+func (s *Service) OpenSecret(blob, aad []byte) ([]byte, error) {
+	out, err := s.keyring.Load().Open(blob, aad)
+	if err != nil {
+		return nil, fmt.Errorf("truststore: open secret: %w", err)
+	}
+	return out, nil
+}
 
 // Keyring returns the keyring currently sealing keys.
 func (s *Service) Keyring() *seal.Keyring { return s.keyring.Load() }

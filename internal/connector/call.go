@@ -1,0 +1,206 @@
+package connector
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+)
+
+// DefaultMaxResponseBytes bounds a response body kept in memory.
+const DefaultMaxResponseBytes = 10 << 20
+
+// Request is one call through a connector.
+type Request struct {
+	Method string
+	// Path is joined to the connector's base URL; it carries no scheme or host.
+	Path   string
+	Query  url.Values
+	Header http.Header
+	Body   []byte
+	// IdempotencyKey, when set, is sent as the Idempotency-Key header.
+	IdempotencyKey string
+	// MaxResponseBytes bounds the body kept; the rest is discarded and
+	// Truncated set. Defaults to 10 MiB.
+	MaxResponseBytes int64
+	// Actor is recorded in the call's audit record.
+	Actor audit.Actor
+	// AuditTarget overrides the audit record's target (a run's step).
+	AuditTarget string
+}
+
+// Response is a call's answer.
+type Response struct {
+	Status    int           `json:"status"`
+	Header    http.Header   `json:"headers"`
+	Body      []byte        `json:"-"`
+	Truncated bool          `json:"truncated,omitempty"`
+	Evidence  *Evidence     `json:"evidence"`
+	Duration  time.Duration `json:"-"`
+}
+
+// resolve joins a request path to the connector's base URL, refusing
+// anything that would leave it.
+func (c *client) resolve(path string, query url.Values) (*url.URL, error) {
+	if path == "" {
+		path = "/"
+	}
+	p, err := url.Parse(path)
+	if err != nil || p.Scheme != "" || p.Host != "" || p.User != nil || strings.HasPrefix(path, "//") {
+		return nil, &InputError{Field: "path", Code: "invalid_input", Message: fmt.Sprintf("%q must be a path, without scheme or host", path), Hint: "e.g. /users/42; the connector's URL supplies the rest"}
+	}
+	for _, seg := range strings.Split(p.Path, "/") {
+		if seg == ".." {
+			return nil, &InputError{Field: "path", Code: "invalid_input", Message: fmt.Sprintf("%q climbs out of the connector's base path", path), Hint: "remove the '..' segments"}
+		}
+	}
+	u := *c.base
+	u.Path = strings.TrimRight(c.base.Path, "/") + "/" + strings.TrimLeft(p.Path, "/")
+	u.RawPath = ""
+	q := p.Query()
+	for k, vs := range query {
+		for _, v := range vs {
+			q.Add(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return &u, nil
+}
+
+// Do makes one request through the named connector. Every request is
+// audited (connector, method, host, path without the query, status,
+// duration and the handshake evidence; never bodies or secrets).
+func (s *Service) Do(ctx context.Context, name string, req Request) (*Response, error) {
+	start := s.clock.Now()
+	resp, c, err := s.do(ctx, name, req)
+	if c == nil {
+		return nil, err
+	}
+	var ce *CallError
+	if err != nil && !errors.As(err, &ce) {
+		var in *InputError
+		if errors.As(err, &in) {
+			return nil, err
+		}
+		ce = c.diagnose(ctx, err, nil)
+		err = ce
+	}
+	if s.auditCalls {
+		if aerr := s.auditCall(ctx, c, req, resp, ce, s.clock.Now().Sub(start)); aerr != nil {
+			return nil, errors.Join(err, aerr)
+		}
+	}
+	return resp, err
+}
+
+func (s *Service) do(ctx context.Context, name string, req Request) (*Response, *client, error) {
+	start := s.clock.Now()
+	c, err := s.client(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	u, err := c.resolve(req.Path, req.Query)
+	if err != nil {
+		return nil, c, err
+	}
+	method := strings.ToUpper(req.Method)
+	if method == "" {
+		method = http.MethodGet
+	}
+	var body io.Reader
+	if req.Body != nil {
+		body = bytes.NewReader(req.Body)
+	}
+	var evidence *Evidence
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { evidence = c.evidenceFor(info.Conn) }}
+	hreq, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, u.String(), body)
+	if err != nil {
+		return nil, c, &InputError{Field: "method", Code: "invalid_input", Message: err.Error(), Hint: "use an HTTP method such as GET or POST"}
+	}
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			hreq.Header.Add(k, v)
+		}
+	}
+	for k, v := range c.headers {
+		hreq.Header.Set(k, v)
+	}
+	if req.IdempotencyKey != "" {
+		hreq.Header.Set("Idempotency-Key", req.IdempotencyKey)
+	}
+	if hreq.Header.Get("User-Agent") == "" {
+		hreq.Header.Set("User-Agent", "trustflow")
+	}
+	applyAuth(hreq, c.conn.AuthType, c.settings, c.secrets)
+	if c.oauth != nil {
+		tok, err := c.oauth.token(ctx)
+		if err != nil {
+			return nil, c, err
+		}
+		tok.SetAuthHeader(hreq)
+	}
+	hresp, err := c.http.Do(hreq)
+	if err != nil {
+		return nil, c, c.diagnose(ctx, err, evidence)
+	}
+	defer hresp.Body.Close()
+	limit := req.MaxResponseBytes
+	if limit <= 0 {
+		limit = DefaultMaxResponseBytes
+	}
+	data, err := io.ReadAll(io.LimitReader(hresp.Body, limit+1))
+	if err != nil {
+		return nil, c, c.diagnose(ctx, err, evidence)
+	}
+	resp := &Response{Status: hresp.StatusCode, Header: hresp.Header, Body: data, Evidence: evidence}
+	if int64(len(data)) > limit {
+		resp.Body, resp.Truncated = data[:limit], true
+		// Drain a bounded amount more so the connection can be reused.
+		_, _ = io.CopyN(io.Discard, hresp.Body, 1<<20)
+	}
+	if evidence == nil && hresp.TLS != nil {
+		ev := (&connEvidence{}).finish(*hresp.TLS, s.clock.Now())
+		resp.Evidence = ev
+	}
+	resp.Duration = s.clock.Now().Sub(start)
+	return resp, c, nil
+}
+
+func (s *Service) auditCall(ctx context.Context, c *client, req Request, resp *Response, ce *CallError, d time.Duration) error {
+	u, _ := c.resolve(req.Path, nil) // resolved once already; an error here was reported by do
+	path := ""
+	if u != nil {
+		path = u.Path
+	}
+	details := map[string]any{"connector": c.conn.Name, "method": strings.ToUpper(req.Method), "host": c.base.Host, "path": path,
+		"duration_ms": d.Milliseconds()}
+	outcome := audit.OutcomeSuccess
+	if resp != nil {
+		details["status"] = resp.Status
+		details["evidence"] = resp.Evidence
+	}
+	if ce != nil {
+		outcome = audit.OutcomeFailure
+		details["error"] = ce.Diagnosis
+		if ce.Evidence != nil {
+			details["evidence"] = ce.Evidence
+		}
+	}
+	target := req.AuditTarget
+	if target == "" {
+		target = "connector/" + c.conn.Name
+	}
+	actor := req.Actor
+	if actor.ID == "" {
+		actor = audit.System
+	}
+	return s.audit.Record(ctx, audit.Entry{Actor: actor, Action: "connector.call", Target: target, Outcome: outcome, Details: details})
+}

@@ -1,0 +1,69 @@
+package connector
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// oauthSource fetches and caches OAuth2 client-credentials tokens. With
+// TokenAuthTLS the token request authenticates with the connector's
+// identity over mutual TLS (RFC 8705 tls_client_auth) and sends no secret;
+// the resulting token is bound to that certificate.
+type oauthSource struct {
+	c    *client
+	mu   sync.Mutex
+	src  oauth2.TokenSource
+	conf *clientcredentials.Config
+}
+
+func newOAuthSource(c *client) *oauthSource {
+	conf := &clientcredentials.Config{
+		ClientID:     c.settings.ClientID,
+		ClientSecret: c.secrets.ClientSecret,
+		TokenURL:     c.settings.TokenURL,
+		Scopes:       c.settings.Scopes,
+	}
+	if c.settings.TokenAuthTLS {
+		conf.ClientSecret = ""
+		conf.AuthStyle = oauth2.AuthStyleInParams
+	}
+	return &oauthSource{c: c, conf: conf}
+}
+
+// token returns a valid access token, fetching one when needed. The token
+// request goes through the connector's own transport, so it is verified
+// against the connector's CAs and presents its identity.
+func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
+	o.mu.Lock()
+	if o.src == nil {
+		tctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Transport: o.c.transport, Timeout: o.c.timeout})
+		o.src = oauth2.ReuseTokenSource(nil, o.conf.TokenSource(tctx))
+	}
+	src := o.src
+	o.mu.Unlock()
+	type result struct {
+		tok *oauth2.Token
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		tok, err := src.Token()
+		ch <- result{tok, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, &CallError{Err: r.err, Retryable: true, Diagnosis: Diagnosis{Code: "oauth2_token",
+				Message: fmt.Sprintf("connector %s could not get an access token from %s: %v", o.c.conn.Name, o.conf.TokenURL, r.err),
+				Hint:    "check the token URL, client id and secret (or the identity, for mTLS client authentication)"}}
+		}
+		return r.tok, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,447 @@
+package connector
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
+)
+
+// Config configures the connector service. Store, Audit and Trust are
+// required.
+type Config struct {
+	Store *store.Store
+	Audit *audit.Log
+	Trust *truststore.Service
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// FIPS restricts every connection to FIPS-approved suites and curves.
+	FIPS bool
+	// AuditCalls records every outbound request in the audit log. Defaults
+	// to true; benchmarks of the bare transport turn it off.
+	AuditCalls *bool
+}
+
+// Service manages connectors and makes calls through them.
+type Service struct {
+	cfg        Config
+	store      *store.Store
+	audit      *audit.Log
+	trust      *truststore.Service
+	clock      clock.Clock
+	log        *slog.Logger
+	auditCalls bool
+
+	mu      sync.Mutex
+	clients map[string]*client
+}
+
+// New returns the connector service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Audit == nil || cfg.Trust == nil {
+		return nil, errors.New("connector: Store, Audit and Trust are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
+		auditCalls: cfg.AuditCalls == nil || *cfg.AuditCalls, clients: map[string]*client{}}
+	return s, nil
+}
+
+// InUse names the connectors that use a CA ("ca") or identity ("identity");
+// the trust store calls it before a removal.
+func (s *Service) InUse(ctx context.Context, tx *store.Tx, kind, name string) ([]string, error) {
+	return tx.ConnectorsUsing(ctx, kind, name)
+}
+
+// NotFoundError names a connector that does not exist.
+type NotFoundError struct{ Name string }
+
+func (e *NotFoundError) Error() string {
+	return fmt.Sprintf("connector: connector %q does not exist", e.Name)
+}
+
+// Unwrap makes errors.Is(err, store.ErrNotFound) hold.
+func (e *NotFoundError) Unwrap() error { return store.ErrNotFound }
+
+// ConflictError is a refused change (name taken).
+type ConflictError struct{ Code, Message, Hint string }
+
+func (e *ConflictError) Error() string { return "connector: " + e.Message }
+
+func secretAAD(id string) []byte { return []byte("trustflow/connector/" + id) }
+
+func decodeStored(c store.Connector, pins *[]string, settings *AuthSettings) error {
+	if err := json.Unmarshal([]byte(c.Pins), pins); err != nil {
+		return fmt.Errorf("connector: %s: stored pins: %w", c.Name, err)
+	}
+	if err := json.Unmarshal([]byte(c.Auth), settings); err != nil {
+		return fmt.Errorf("connector: %s: stored auth settings: %w", c.Name, err)
+	}
+	return nil
+}
+
+func view(c store.Connector) (Connector, error) {
+	v := Connector{Name: c.Name, Description: c.Description, URL: c.URL, Auth: c.AuthType, Identity: c.Identity, CAs: c.CAs,
+		SystemRoots: c.SystemRoots, ServerName: c.ServerName, MinTLS: c.MinTLS, Timeout: (time.Duration(c.TimeoutMS) * time.Millisecond).String(),
+		AllowPlaintext: c.AllowPlaintext, AllowNoClientAuthRequest: c.AllowNoClientAuthRequest, HasSecret: len(c.SealedSecret) > 0,
+		CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, LastTestAt: c.LastTestAt, LastTestOK: c.LastTestOK, LastError: c.LastError}
+	if v.CAs == nil {
+		v.CAs = []string{}
+	}
+	if err := decodeStored(c, &v.Pins, &v.AuthSettings); err != nil {
+		return Connector{}, err
+	}
+	if err := json.Unmarshal([]byte(c.Headers), &v.Headers); err != nil {
+		return Connector{}, fmt.Errorf("connector: %s: stored headers: %w", c.Name, err)
+	}
+	return v, nil
+}
+
+// checkRefs verifies that the CAs and identity a spec names exist.
+func (s *Service) checkRefs(ctx context.Context, sp Spec) error {
+	for _, ca := range sp.CAs {
+		if _, err := s.trust.GetCA(ctx, ca); err != nil {
+			var nf *truststore.NotFoundError
+			if errors.As(err, &nf) {
+				return &InputError{Field: "cas", Code: "unknown_ca", Message: fmt.Sprintf("there is no CA named %q", ca), Hint: "add it with `trustflow ca add " + ca + " --file F`, or see `trustflow ca list`"}
+			}
+			return err
+		}
+	}
+	if sp.Identity != "" {
+		if _, err := s.trust.Get(ctx, sp.Identity); err != nil {
+			var nf *truststore.NotFoundError
+			if errors.As(err, &nf) {
+				return &InputError{Field: "identity", Code: "unknown_identity", Message: fmt.Sprintf("there is no identity named %q", sp.Identity), Hint: "import or create it with `trustflow identity import|create`, or see `trustflow identity list`"}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) row(sp Spec, id string, timeout time.Duration) (store.Connector, error) {
+	pins := sp.Pins
+	if pins == nil {
+		pins = []string{}
+	}
+	headers := sp.Headers
+	if headers == nil {
+		headers = map[string]string{}
+	}
+	settings := sp.AuthSettings
+	// Keep only the settings of the chosen auth type.
+	switch sp.Auth {
+	case AuthBasic:
+		settings = AuthSettings{Username: settings.Username}
+	case AuthAPIKey:
+		settings = AuthSettings{HeaderName: settings.HeaderName}
+	case AuthOAuth2:
+		settings = AuthSettings{TokenURL: settings.TokenURL, ClientID: settings.ClientID, Scopes: settings.Scopes, TokenAuthTLS: settings.TokenAuthTLS}
+	default:
+		settings = AuthSettings{}
+	}
+	now := s.clock.Now().UTC().Truncate(time.Microsecond)
+	r := store.Connector{ID: id, Name: sp.Name, Description: strings.TrimSpace(sp.Description), URL: strings.TrimRight(sp.URL, "/"),
+		AuthType: sp.Auth, Identity: sp.Identity, CAs: sp.CAs, SystemRoots: sp.SystemRoots, ServerName: sp.ServerName,
+		Pins: encodeJSON(pins), MinTLS: sp.MinTLS, TimeoutMS: timeout.Milliseconds(), Headers: encodeJSON(headers), Auth: encodeJSON(settings),
+		AllowPlaintext: sp.AllowPlaintext, AllowNoClientAuthRequest: sp.AllowNoClientAuthRequest, CreatedAt: now, UpdatedAt: now, Revision: 1}
+	if !sp.Secrets.empty() {
+		secrets := onlySecretsOf(sp.Auth, sp.Secrets)
+		if !secrets.empty() {
+			raw := []byte(encodeJSON(secrets))
+			blob, kek, err := s.trust.SealSecret(raw, secretAAD(id))
+			clear(raw)
+			if err != nil {
+				return store.Connector{}, err
+			}
+			r.SealedSecret, r.KEKID = blob, kek
+		}
+	}
+	return r, nil
+}
+
+func onlySecretsOf(authType string, s Secrets) Secrets {
+	switch authType {
+	case AuthBasic:
+		return Secrets{Password: s.Password}
+	case AuthBearer:
+		return Secrets{Token: s.Token}
+	case AuthAPIKey:
+		return Secrets{APIKey: s.APIKey}
+	case AuthOAuth2:
+		return Secrets{ClientSecret: s.ClientSecret}
+	}
+	return Secrets{}
+}
+
+// auditDetails describes a connector's settings for the audit log: never
+// a secret, and the policy exceptions named.
+func auditDetails(r store.Connector, secretChanged bool) map[string]any {
+	var exceptions []string
+	if r.AllowPlaintext {
+		exceptions = append(exceptions, "allow_plaintext")
+	}
+	if r.AllowNoClientAuthRequest {
+		exceptions = append(exceptions, "allow_no_client_auth_request")
+	}
+	if r.SystemRoots {
+		exceptions = append(exceptions, "system_roots")
+	}
+	cas := r.CAs
+	if cas == nil {
+		cas = []string{}
+	}
+	return map[string]any{"url": r.URL, "auth": r.AuthType, "identity": r.Identity, "cas": cas, "min_tls": r.MinTLS,
+		"server_name": r.ServerName, "pins": r.Pins, "timeout_ms": r.TimeoutMS, "policy_exceptions": exceptions, "secret_changed": secretChanged}
+}
+
+func newID() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("connector: generate id: %w", err)
+	}
+	return "con_" + hex.EncodeToString(b), nil
+}
+
+// Create validates and stores a new connector.
+func (s *Service) Create(ctx context.Context, actor audit.Actor, sp Spec) (Connector, error) {
+	_, timeout, err := sp.normalize()
+	if err != nil {
+		return Connector{}, err
+	}
+	if err := s.checkRefs(ctx, sp); err != nil {
+		return Connector{}, err
+	}
+	id, err := newID()
+	if err != nil {
+		return Connector{}, err
+	}
+	r, err := s.row(sp, id, timeout)
+	if err != nil {
+		return Connector{}, err
+	}
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		if err := tx.InsertConnector(ctx, r); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return &ConflictError{Code: "already_exists", Message: fmt.Sprintf("a connector named %q already exists", sp.Name),
+					Hint: "choose another name, or change it with `trustflow connector update " + sp.Name + "`"}
+			}
+			return err
+		}
+		_, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.create", Target: "connector/" + sp.Name, Details: auditDetails(r, len(r.SealedSecret) > 0)})
+		return err
+	})
+	if err != nil {
+		return Connector{}, err
+	}
+	return view(r)
+}
+
+// Update replaces a connector's settings. Secrets left empty are kept when
+// the auth type does not change.
+func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Connector, error) {
+	current, err := s.store.ConnectorByName(ctx, sp.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Connector{}, &NotFoundError{Name: sp.Name}
+	} else if err != nil {
+		return Connector{}, err
+	}
+	if sp.Auth == "" {
+		sp.Auth = current.AuthType
+	}
+	sp.secretStored = sp.Secrets.empty() && current.AuthType == sp.Auth && len(current.SealedSecret) > 0
+	_, timeout, err := sp.normalize()
+	if err != nil {
+		return Connector{}, err
+	}
+	if err := s.checkRefs(ctx, sp); err != nil {
+		return Connector{}, err
+	}
+	var out store.Connector
+	err = s.store.InTx(ctx, func(tx *store.Tx) error {
+		old, err := tx.ConnectorByName(ctx, sp.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			return &NotFoundError{Name: sp.Name}
+		} else if err != nil {
+			return err
+		}
+		keepSecret := sp.Secrets.empty() && old.AuthType == sp.Auth && len(old.SealedSecret) > 0
+		r, err := s.row(sp, old.ID, timeout)
+		if err != nil {
+			return err
+		}
+		if keepSecret {
+			r.SealedSecret, r.KEKID = old.SealedSecret, old.KEKID
+		}
+		r.CreatedAt = old.CreatedAt
+		if err := tx.UpdateConnector(ctx, r); err != nil {
+			return err
+		}
+		out = r
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.update", Target: "connector/" + sp.Name, Details: auditDetails(r, !keepSecret)})
+		return err
+	})
+	if err != nil {
+		return Connector{}, err
+	}
+	s.drop(sp.Name)
+	return view(out)
+}
+
+// Remove deletes a connector.
+func (s *Service) Remove(ctx context.Context, actor audit.Actor, name string) error {
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		c, err := tx.ConnectorByName(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return &NotFoundError{Name: name}
+		} else if err != nil {
+			return err
+		}
+		if err := tx.DeleteConnector(ctx, c.ID); err != nil {
+			return err
+		}
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.remove", Target: "connector/" + name, Details: map[string]any{"url": c.URL}})
+		return err
+	})
+	if err == nil {
+		s.drop(name)
+	}
+	return err
+}
+
+// Get returns one connector.
+func (s *Service) Get(ctx context.Context, name string) (Connector, error) {
+	c, err := s.store.ConnectorByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Connector{}, &NotFoundError{Name: name}
+	} else if err != nil {
+		return Connector{}, err
+	}
+	return view(c)
+}
+
+// Spec returns a connector's current settings as a Spec (without secrets),
+// the starting point of a partial update.
+func (s *Service) Spec(ctx context.Context, name string) (Spec, error) {
+	v, err := s.Get(ctx, name)
+	if err != nil {
+		return Spec{}, err
+	}
+	return Spec{Name: v.Name, Description: v.Description, URL: v.URL, Auth: v.Auth, Identity: v.Identity, CAs: v.CAs, SystemRoots: v.SystemRoots,
+		ServerName: v.ServerName, Pins: v.Pins, MinTLS: v.MinTLS, Timeout: v.Timeout, Headers: v.Headers,
+		AllowPlaintext: v.AllowPlaintext, AllowNoClientAuthRequest: v.AllowNoClientAuthRequest, AuthSettings: v.AuthSettings}, nil
+}
+
+// List returns every connector.
+func (s *Service) List(ctx context.Context) ([]Connector, error) {
+	rows, err := s.store.ListConnectors(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Connector, 0, len(rows))
+	for _, r := range rows {
+		v, err := view(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// drop forgets a connector's client after a local change.
+func (s *Service) drop(name string) {
+	s.mu.Lock()
+	c := s.clients[name]
+	delete(s.clients, name)
+	s.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+}
+
+// client returns the connector's current client: the cached one while
+// nothing it was built from changed, else a new one (the old one's idle
+// connections are closed, in-flight requests finish on it).
+func (s *Service) client(ctx context.Context, name string) (*client, error) {
+	now := s.clock.Now()
+	gen := s.trust.Generation()
+	s.mu.Lock()
+	c := s.clients[name]
+	s.mu.Unlock()
+	if c != nil && c.trustGen == gen && now.Sub(c.checkedAt) < s.trust.RevalidateAfter() {
+		return c, nil
+	}
+	state, err := s.store.ConnectorState(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		s.drop(name)
+		return nil, &NotFoundError{Name: name}
+	} else if err != nil {
+		return nil, err
+	}
+	if c != nil && c.state == state {
+		if c.trustGen != gen {
+			// An identity or CA changed here: make the next request
+			// handshake again rather than resume.
+			c.sessions.Clear()
+			c.transport.CloseIdleConnections()
+		}
+		s.mu.Lock()
+		c.checkedAt, c.trustGen = now, gen
+		s.mu.Unlock()
+		return c, nil
+	}
+	row, err := s.store.ConnectorByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, &NotFoundError{Name: name}
+	} else if err != nil {
+		return nil, err
+	}
+	var secrets Secrets
+	if len(row.SealedSecret) > 0 {
+		raw, err := s.trust.OpenSecret(row.SealedSecret, secretAAD(row.ID))
+		if err != nil {
+			return nil, &CallError{Err: err, Diagnosis: Diagnosis{Code: "secret_unavailable",
+				Message: fmt.Sprintf("connector %s: its stored secret cannot be unsealed (altered, or a different key-encryption key)", name),
+				Hint:    "set the secret again with `trustflow connector update " + name + "`"}}
+		}
+		err = json.Unmarshal(raw, &secrets)
+		clear(raw)
+		if err != nil {
+			return nil, fmt.Errorf("connector: %s: stored secret: %w", name, err)
+		}
+	}
+	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	old := s.clients[name]
+	s.clients[name] = nc
+	s.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return nc, nil
+}

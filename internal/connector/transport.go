@@ -1,0 +1,303 @@
+package connector
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+	"weak"
+
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/pki"
+	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
+)
+
+// client is one connector's pooled HTTP client, built from one state of the
+// connector (see store.ConnectorState). It is replaced, never mutated, when
+// the connector, its CAs or its identity change.
+type client struct {
+	conn       store.Connector
+	state      string
+	base       *url.URL
+	timeout    time.Duration
+	serverName string
+	pins       []string
+	settings   AuthSettings
+	headers    map[string]string
+	secrets    Secrets
+	trust      *truststore.Service
+	clock      clock.Clock
+	systemPool []*x509.Certificate
+	fips       bool
+
+	tlsBase   *tls.Config
+	sessions  *sessionCache
+	transport *http.Transport
+	http      *http.Client
+	evidence  sync.Map // weak.Pointer[tls.Conn] -> *connEvidence
+	checkedAt time.Time
+	trustGen  int64
+	oauth     *oauthSource
+}
+
+// sessionCache is a TLS session cache that can be emptied, so that a
+// session established under a policy failure or an old identity is never
+// resumed.
+type sessionCache struct {
+	mu    sync.Mutex
+	cache tls.ClientSessionCache
+}
+
+func newSessionCache() *sessionCache {
+	return &sessionCache{cache: tls.NewLRUClientSessionCache(64)}
+}
+
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	s.mu.Lock()
+	c := s.cache
+	s.mu.Unlock()
+	return c.Get(key)
+}
+
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) {
+	s.mu.Lock()
+	c := s.cache
+	s.mu.Unlock()
+	c.Put(key, cs)
+}
+
+// Clear forgets every session.
+func (s *sessionCache) Clear() {
+	s.mu.Lock()
+	s.cache = tls.NewLRUClientSessionCache(64)
+	s.mu.Unlock()
+}
+
+// fipsSuites are the TLS 1.2 suites allowed in FIPS mode (TLS 1.3 suites
+// are chosen by crypto/tls, which restricts them itself in FIPS mode).
+var fipsSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+}
+
+// newClient builds the client for one state of a connector.
+func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust *truststore.Service, clk clock.Clock, fips bool) (*client, error) {
+	base, err := url.Parse(conn.URL)
+	if err != nil {
+		return nil, fmt.Errorf("connector: %s: stored url: %w", conn.Name, err)
+	}
+	timeout, err := time.ParseDuration(fmt.Sprintf("%dms", conn.TimeoutMS))
+	if err != nil {
+		return nil, fmt.Errorf("connector: %s: stored timeout: %w", conn.Name, err)
+	}
+	c := &client{conn: conn, state: state, base: base, timeout: timeout, trust: trust, clock: clk, secrets: secrets, fips: fips,
+		sessions: newSessionCache(), checkedAt: clk.Now(), trustGen: trust.Generation()}
+	if err := decodeStored(conn, &c.pins, &c.settings); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(conn.Headers), &c.headers); err != nil {
+		return nil, fmt.Errorf("connector: %s: stored headers: %w", conn.Name, err)
+	}
+	c.serverName = conn.ServerName
+	if c.serverName == "" {
+		c.serverName = base.Hostname()
+	}
+	if conn.SystemRoots {
+		c.systemPool, err = systemRoots()
+		if err != nil {
+			return nil, fmt.Errorf("connector: %s: --system-roots: %w", conn.Name, err)
+		}
+	}
+	roots, err := c.roots(ctx)
+	if err != nil && base.Scheme == "https" {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	minVersion := uint16(tls.VersionTLS12)
+	if conn.MinTLS == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	c.tlsBase = &tls.Config{
+		MinVersion:         minVersion,
+		RootCAs:            pool,
+		ServerName:         c.serverName,
+		NextProtos:         []string{"h2", "http/1.1"},
+		ClientSessionCache: c.sessions,
+	}
+	if fips {
+		c.tlsBase.CipherSuites = fipsSuites
+		c.tlsBase.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384}
+	}
+	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	c.transport = &http.Transport{
+		DialContext: dialer.DialContext,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return c.dialTLS(ctx, dialer, network, addr)
+		},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          128,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	c.http = &http.Client{Transport: c.transport, Timeout: timeout,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error { return http.ErrUseLastResponse }}
+	if conn.AuthType == AuthOAuth2 {
+		c.oauth = newOAuthSource(c)
+	}
+	return c, nil
+}
+
+// roots are the anchors a server certificate must chain to: the
+// connector's CA bundles, live from the trust store, plus the system roots
+// when asked for.
+func (c *client) roots(ctx context.Context) ([]*x509.Certificate, error) {
+	roots, err := c.trust.Anchors(ctx, c.conn.CAs...)
+	if err != nil {
+		return nil, err
+	}
+	return append(roots, c.systemPool...), nil
+}
+
+// dialTLS dials, runs the handshake with per-connection callbacks that
+// collect evidence, and enforces the client-certificate policy.
+func (c *client) dialTLS(ctx context.Context, dialer *net.Dialer, network, addr string) (net.Conn, error) {
+	raw, err := dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	ev := &connEvidence{}
+	cfg := c.tlsBase.Clone()
+	serverName := c.serverName
+	if host, _, err := net.SplitHostPort(addr); err == nil && host != c.base.Hostname() {
+		// Another host reached through this connector: its OAuth2 token endpoint.
+		serverName = host
+		cfg.ServerName = host
+	}
+	cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		ev.sawRequest(cri)
+		if c.conn.Identity == "" {
+			return &tls.Certificate{}, nil
+		}
+		ac, err := c.trust.Active(ctx, c.conn.Identity)
+		if err != nil {
+			ev.failed(err)
+			return nil, &policyError{Diagnosis{Code: "identity_unavailable",
+				Message: fmt.Sprintf("connector %s cannot present identity %s: %v", c.conn.Name, c.conn.Identity, err),
+				Hint:    "check the identity with `trustflow identity show " + c.conn.Identity + "`"}}
+		}
+		ev.presented(ac.Info)
+		return ac.Certificate, nil
+	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.verifyConnection(ctx, cs, serverName) }
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	cs := tc.ConnectionState()
+	final := ev.finish(cs, c.clock.Now())
+	if c.conn.Identity != "" && !cs.DidResume && !final.ServerRequestedClientCert && !c.conn.AllowNoClientAuthRequest {
+		tc.Close()
+		c.sessions.Clear()
+		return nil, &CallError{Evidence: final, Diagnosis: Diagnosis{Code: "client_cert_not_requested",
+			Message: fmt.Sprintf("the server %s did not ask for a client certificate: it does not enforce mutual TLS, so connector %s refuses it", addr, c.conn.Name),
+			Hint:    "configure the server to require client certificates (nginx: ssl_verify_client on); if this endpoint is known not to, pass --allow-no-client-auth-request (audited)"}}
+	}
+	// The transport needs the *tls.Conn itself (for HTTP/2 and resp.TLS),
+	// so the evidence is kept beside it, keyed weakly, and dropped when the
+	// connection is garbage.
+	key := weak.Make(tc)
+	c.evidence.Store(key, ev)
+	runtime.AddCleanup(tc, func(k weak.Pointer[tls.Conn]) { c.evidence.Delete(k) }, key)
+	return tc, nil
+}
+
+// verifyConnection checks the server against the live trust store on
+// every handshake, fresh or resumed: the chain (pki.Verify, the same path
+// as `ca verify`), then the SPKI pins.
+func (c *client) verifyConnection(ctx context.Context, cs tls.ConnectionState, serverName string) error {
+	if len(cs.PeerCertificates) == 0 {
+		return &policyError{Diagnosis{Code: "no_server_certificate", Message: fmt.Sprintf("connector %s: the server sent no certificate", c.conn.Name)}}
+	}
+	roots, err := c.roots(ctx)
+	if err != nil {
+		return &policyError{Diagnosis{Code: "trust_store", Message: fmt.Sprintf("connector %s: cannot load its CAs: %v", c.conn.Name, err),
+			Hint: "a CA the connector trusts was removed: add it back, or update the connector's --ca"}}
+	}
+	leaf := cs.PeerCertificates[0]
+	res, err := pki.Verify(leaf, pki.VerifyOptions{Roots: roots, Intermediates: cs.PeerCertificates[1:], DNSName: serverName, Time: c.clock.Now(), Purpose: pki.PurposeServer})
+	if err != nil {
+		return &policyError{c.certDiagnosis(err, leaf, err)}
+	}
+	if len(c.pins) > 0 {
+		for _, cert := range res.Chain {
+			sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+			if slices.Contains(c.pins, "sha256/"+base64.StdEncoding.EncodeToString(sum[:])) {
+				return nil
+			}
+		}
+		return &policyError{Diagnosis{Code: "pin_mismatch",
+			Message: fmt.Sprintf("connector %s: no certificate in the server's chain matches its pins (leaf pin is %s)", c.conn.Name, pki.SPKIPinSHA256(leaf)),
+			Hint:    "the server's key changed, or this is not the expected server; if the change is legitimate, update the connector's --pin"}}
+	}
+	return nil
+}
+
+// evidenceFor returns the evidence of the connection a request used.
+func (c *client) evidenceFor(conn net.Conn) *Evidence {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	if v, ok := c.evidence.Load(weak.Make(tc)); ok {
+		ev := v.(*connEvidence)
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		return ev.final
+	}
+	return nil
+}
+
+// close releases the client's idle connections.
+func (c *client) close() { c.transport.CloseIdleConnections() }
+
+var systemRootFiles = []string{
+	"/etc/ssl/certs/ca-certificates.crt",
+	"/etc/pki/tls/certs/ca-bundle.crt",
+	"/etc/ssl/ca-bundle.pem",
+	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+	"/etc/ssl/cert.pem",
+}
+
+func systemRoots() ([]*x509.Certificate, error) {
+	for _, f := range systemRootFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		certs, err := pki.ParseCertificates(b)
+		if err == nil && len(certs) > 0 {
+			return certs, nil
+		}
+	}
+	return nil, fmt.Errorf("no system CA bundle found (looked in %v)", systemRootFiles)
+}
