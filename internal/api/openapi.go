@@ -94,6 +94,14 @@ func componentSchemas() map[string]any {
 		"key_type": str, "serial": str, "subject": str, "issuer": str, "fingerprint_sha256": str, "not_before": dateTime, "not_after": dateTime,
 		"dns_names": arrayOf(str), "chain": arrayOf(schemaRef("CertInfo")), "csr": str, "created_at": dateTime, "activated_at": dateTime,
 	})
+	authSettings := obj(nil, map[string]any{"username": str, "header_name": str, "token_url": str, "client_id": str, "scopes": arrayOf(str), "token_auth_tls": boolean})
+	diagnosis := obj([]string{"code", "message"}, map[string]any{"code": str, "message": str, "hint": str})
+	evidence := obj([]string{"tls_version", "cipher_suite", "server_requested_client_cert", "server_chain", "resumed"}, map[string]any{
+		"tls_version": str, "cipher_suite": str, "server_name": str, "server_requested_client_cert": boolean, "acceptable_cas": arrayOf(str),
+		"client_certificate": obj(nil, map[string]any{"identity": str, "version": integer, "serial": str, "fingerprint_sha256": str}),
+		"server_chain":       arrayOf(obj(nil, map[string]any{"subject": str, "issuer": str, "fingerprint_sha256": str, "not_after": dateTime})),
+		"resumed":            boolean, "alpn": str, "handshake_at": dateTime,
+	})
 	schemas := map[string]any{
 		"CertInfo": certInfo,
 		"CA": obj([]string{"name", "certificates"}, map[string]any{"name": str, "description": str, "allow_leaf_anchor": boolean,
@@ -114,7 +122,27 @@ func componentSchemas() map[string]any {
 		"RotateResult":          obj([]string{"identity", "version"}, map[string]any{"identity": schemaRef("Identity"), "version": integer, "csr": str}),
 		"ActivateRequest":       obj([]string{"version"}, map[string]any{"version": integer}),
 		"PruneResult":           obj([]string{"identity", "pruned"}, map[string]any{"identity": schemaRef("Identity"), "pruned": arrayOf(integer)}),
-		"RewrapResult":          obj([]string{"to_kek_id", "keys"}, map[string]any{"from_kek_ids": arrayOf(str), "to_kek_id": str, "keys": integer}),
+		"ConnectorSpec": obj([]string{"name", "url"}, map[string]any{"name": str, "description": str, "url": str,
+			"auth": enum("none", "basic", "bearer", "api-key", "oauth2-client-credentials", "mtls"), "identity": str, "cas": arrayOf(str),
+			"system_roots": boolean, "server_name": str, "pins": arrayOf(str), "min_tls": enum("1.2", "1.3"), "timeout": str,
+			"headers": map[string]any{"type": "object", "additionalProperties": str}, "allow_plaintext": boolean, "allow_no_client_auth_request": boolean,
+			"auth_settings": authSettings, "secrets": obj(nil, map[string]any{"password": str, "token": str, "api_key": str, "client_secret": str})}),
+		"Connector": obj([]string{"name", "url", "auth", "cas"}, map[string]any{"name": str, "description": str, "url": str, "auth": str, "identity": str,
+			"cas": arrayOf(str), "system_roots": boolean, "server_name": str, "pins": arrayOf(str), "min_tls": str, "timeout": str,
+			"headers": map[string]any{"type": "object", "additionalProperties": str}, "allow_plaintext": boolean, "allow_no_client_auth_request": boolean,
+			"auth_settings": authSettings, "has_secret": boolean, "created_at": dateTime, "updated_at": dateTime,
+			"last_test_at": dateTime, "last_test_ok": boolean, "last_error": str}),
+		"Evidence":             evidence,
+		"Diagnosis":            diagnosis,
+		"TestConnectorRequest": obj(nil, map[string]any{"path": str}),
+		"TestResult":           obj([]string{"ok"}, map[string]any{"ok": boolean, "error": diagnosis, "evidence": evidence, "status": integer}),
+		"CallRequest": obj([]string{"method", "path"}, map[string]any{"method": str, "path": str,
+			"query": map[string]any{"type": "object", "additionalProperties": str}, "headers": map[string]any{"type": "object", "additionalProperties": str},
+			"body": map[string]any{"description": "any JSON value, sent as application/json"}, "body_text": str}),
+		"CallResponse": obj([]string{"status", "headers", "body"}, map[string]any{"status": integer,
+			"headers": map[string]any{"type": "object", "additionalProperties": str}, "body": map[string]any{}, "truncated": boolean,
+			"evidence": evidence, "error": diagnosis}),
+		"RewrapResult": obj([]string{"to_kek_id", "keys"}, map[string]any{"from_kek_ids": arrayOf(str), "to_kek_id": str, "keys": integer}),
 	}
 	for k, v := range map[string]any{
 		"Error": obj([]string{"error"}, map[string]any{"error": obj([]string{"code", "message"}, map[string]any{

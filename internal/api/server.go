@@ -20,6 +20,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -45,6 +46,8 @@ type Config struct {
 	Trust *truststore.Service
 	// RotateKEK performs `kek rotate`; nil answers 501.
 	RotateKEK KEKRotator
+	// Connectors is the connector service; its routes exist only when set.
+	Connectors *connector.Service
 }
 
 // Server is the HTTP API.
@@ -120,6 +123,7 @@ func (s *Server) buildRoutes() []Route {
 	rs = append(rs, s.tokenRoutes()...)
 	rs = append(rs, s.auditRoutes()...)
 	rs = append(rs, s.truststoreRoutes()...)
+	rs = append(rs, s.connectorRoutes()...)
 	return rs
 }
 

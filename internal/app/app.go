@@ -25,6 +25,7 @@ import (
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -43,13 +44,14 @@ type Options struct {
 
 // App is a built trustflow server.
 type App struct {
-	cfg   config.Config
-	log   *slog.Logger
-	Store *store.Store
-	Audit *audit.Log
-	Auth  *auth.Service
-	Trust *truststore.Service
-	API   *api.Server
+	cfg        config.Config
+	log        *slog.Logger
+	Store      *store.Store
+	Audit      *audit.Log
+	Auth       *auth.Service
+	Trust      *truststore.Service
+	Connectors *connector.Service
+	API        *api.Server
 
 	// AdminToken is the admin token's secret when this start created it.
 	AdminToken string
@@ -109,6 +111,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
+	a.Connectors, err = connector.New(connector.Config{Store: st, Audit: a.Audit, Trust: a.Trust, Clock: opts.Clock, Logger: opts.Logger, FIPS: cfg.FIPS})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	a.Trust.SetInUse(a.Connectors.InUse)
 	kf := &kekFiles{path: cfg.KEKFile, trust: a.Trust}
 	if unfinished != nil {
 		opts.Logger.Warn("finishing an interrupted key-encryption key rotation", "kek_id", unfinished.ID())
@@ -136,7 +144,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.API = api.New(api.Config{
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
-		Trust: a.Trust, RotateKEK: kf.rotate,
+		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors,
 	})
 	return a, nil
 }
