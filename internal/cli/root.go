@@ -102,6 +102,8 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVar(&g.token, "token", g.getenv(config.EnvToken), "API token (env "+config.EnvToken+"; default: the admin token file in --data-dir when the server is local)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(newServeCmd(g), newTokenCmd(g), newAuditCmd(g), newVersionCmd(g))
+	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g))
+	root.AddCommand(newConnectorCmd(g))
 	return root
 }
 

@@ -22,8 +22,10 @@ type Evidence struct {
 	AcceptableCAs             []string               `json:"acceptable_cas"`
 	ClientCertificate         *truststore.ActiveInfo `json:"client_certificate"`
 	ServerChain               []ChainCert            `json:"server_chain"`
-	Resumed                   bool                   `json:"resumed"`
-	ALPN                      string                 `json:"alpn"`
+	// Resumed sessions carry the client side (request, acceptable CAs,
+	// certificate) of the full handshake that established them.
+	Resumed bool   `json:"resumed"`
+	ALPN    string `json:"alpn"`
 	// HandshakeAt is when the connection's handshake completed.
 	HandshakeAt time.Time `json:"handshake_at"`
 }

@@ -47,6 +47,7 @@ type client struct {
 	transport *http.Transport
 	http      *http.Client
 	evidence  sync.Map // weak.Pointer[tls.Conn] -> *connEvidence
+	lastFull  sync.Map // server name -> *Evidence of the last full handshake
 	checkedAt time.Time
 	trustGen  int64
 	oauth     *oauthSource
@@ -215,6 +216,18 @@ func (c *client) dialTLS(ctx context.Context, dialer *net.Dialer, network, addr 
 	}
 	cs := tc.ConnectionState()
 	final := ev.finish(cs, c.clock.Now())
+	if cs.DidResume {
+		// A resumed session re-uses the authentication of the full
+		// handshake that issued it: report that handshake's client side.
+		if v, ok := c.lastFull.Load(serverName); ok {
+			full := v.(*Evidence)
+			final.ServerRequestedClientCert = full.ServerRequestedClientCert
+			final.AcceptableCAs = full.AcceptableCAs
+			final.ClientCertificate = full.ClientCertificate
+		}
+	} else {
+		c.lastFull.Store(serverName, final)
+	}
 	if c.conn.Identity != "" && !cs.DidResume && !final.ServerRequestedClientCert && !c.conn.AllowNoClientAuthRequest {
 		tc.Close()
 		c.sessions.Clear()
