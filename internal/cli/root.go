@@ -103,7 +103,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(newServeCmd(g), newTokenCmd(g), newAuditCmd(g), newVersionCmd(g))
 	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g))
-	root.AddCommand(newConnectorCmd(g))
+	root.AddCommand(newConnectorCmd(g), newQuickstartCmd(g))
 	return root
 }
 
