@@ -162,7 +162,7 @@ func trustError(err error) error {
 		return &Error{Status: http.StatusConflict, Code: conflict.Code, Message: conflict.Message, Hint: conflict.Hint, Cause: err}
 	case errors.As(err, &nf):
 		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name),
-			Hint: "check the name; list them with `trustflow " + map[string]string{"CA": "ca", "identity": "identity"}[nf.Kind] + " list`", Cause: err}
+			Hint: notFoundHint(nf.Kind), Cause: err}
 	case errors.As(err, &ku):
 		return &Error{Status: http.StatusInternalServerError, Code: "key_unavailable",
 			Message: "the identity's private key cannot be unsealed: the stored key was altered, or this server has a different key-encryption key",
@@ -382,4 +382,14 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
+}
+
+func notFoundHint(kind string) string {
+	switch kind {
+	case "CA":
+		return "check the name; list them with `trustflow ca list`"
+	case "identity version":
+		return "check the version; list them with `trustflow identity show NAME`"
+	}
+	return "check the name; list them with `trustflow identity list`"
 }

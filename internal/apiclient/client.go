@@ -88,8 +88,11 @@ func (c *Client) Stream(ctx context.Context, method, path string, query url.Valu
 }
 
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any) (*http.Response, error) {
-	u := *c.base
-	u.Path = strings.TrimRight(u.Path, "/") + path
+	// path arrives escaped (url.PathEscape of names): join it as is.
+	u, err := url.Parse(strings.TrimRight(c.base.String(), "/") + path)
+	if err != nil {
+		return nil, fmt.Errorf("apiclient: %s %s: %w", method, path, err)
+	}
 	u.RawQuery = query.Encode()
 	var rd io.Reader
 	if body != nil {

@@ -225,7 +225,7 @@ func newIdentityRotateCmd(g *globals) *cobra.Command {
 	gen.register(cmd)
 	f := cmd.Flags()
 	f.BoolVar(&generate, "generate", false, "generate the new key inside trustflow and print its CSR (with --subject, --dns, --key-type, --csr-out)")
-	f.BoolVar(&stage, "stage", false, "keep the new version inactive until `trustflow identity activate`")
+	f.BoolVar(&stage, "stage", false, "keep the new version inactive until it is activated (trustflow identity activate)")
 	return cmd
 }
 

@@ -14,7 +14,7 @@ import (
 
 // maxInputFile is the largest certificate, key, bundle or password file the
 // trust store commands read (1 MiB): far more than any real one.
-const maxInputFile = 1 << 20
+const maxInputFile = 700 << 10
 
 // flagError is a problem with a flag, found before anything is sent.
 func flagError(flag, msg, hint string) error {
@@ -38,7 +38,7 @@ func readInputFile(flag, path string) ([]byte, error) {
 		return nil, flagError(flag, err.Error(), "")
 	}
 	if len(data) > maxInputFile {
-		return nil, flagError(flag, fmt.Sprintf("%s is larger than 1 MiB", path),
+		return nil, flagError(flag, fmt.Sprintf("%s is larger than 700 KiB (the API takes at most 1 MiB of JSON, base64 included)", path),
 			"give the certificate, key or bundle file itself; split a very large CA bundle into several CAs")
 	}
 	if len(data) == 0 {
@@ -63,7 +63,7 @@ func readPasswordFile(flag, path string) (string, error) {
 		return "", flagError(flag, err.Error(), "")
 	}
 	if len(data) > maxInputFile {
-		return "", flagError(flag, fmt.Sprintf("%s is larger than 1 MiB", path), "the file should hold the password alone")
+		return "", flagError(flag, fmt.Sprintf("%s is larger than 700 KiB (the API takes at most 1 MiB of JSON, base64 included)", path), "the file should hold the password alone")
 	}
 	pw := strings.TrimSuffix(string(data), "\n")
 	pw = strings.TrimSuffix(pw, "\r")

@@ -171,7 +171,7 @@ func (t *Tx) InsertIdentity(ctx context.Context, i Identity) error {
 	if i.ActiveVersion > 0 {
 		active = sql.NullInt64{Int64: int64(i.ActiveVersion), Valid: true}
 	}
-	_, err := t.tx.ExecContext(ctx, "INSERT INTO identities ("+identityColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+	_, err := t.tx.ExecContext(ctx, "INSERT INTO identities ("+identityColumns+", last_version) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
 		i.ID, i.Name, i.Description, active, micros(i.CreatedAt), micros(i.UpdatedAt), i.Revision)
 	if err != nil {
 		return fmt.Errorf("store: insert identity %q: %w", i.Name, mapErr(err))
@@ -191,6 +191,17 @@ func (t *Tx) IdentityByName(ctx context.Context, name string) (Identity, error) 
 		return Identity{}, fmt.Errorf("store: get identity %q: %w", name, mapErr(err))
 	}
 	return i, nil
+}
+
+// NextIdentityVersion allocates the identity's next version number. Numbers
+// are never reused, even after their versions are pruned, so an audit record
+// naming a version always means one certificate.
+func (t *Tx) NextIdentityVersion(ctx context.Context, identityID string) (int, error) {
+	var v int
+	if err := t.tx.QueryRowContext(ctx, "UPDATE identities SET last_version = last_version + 1 WHERE id = $1 RETURNING last_version", identityID).Scan(&v); err != nil {
+		return 0, fmt.Errorf("store: next version of identity %s: %w", identityID, mapErr(err))
+	}
+	return v, nil
 }
 
 // IdentityByName reads one identity.

@@ -29,16 +29,20 @@ type ActiveCertificate struct {
 }
 
 type activeEntry struct {
-	revision  int64
-	checkedAt time.Time
-	active    ActiveCertificate
+	// identityID and revision identify what the entry was built from: a
+	// revision alone restarts at 1 when another node removes an identity
+	// and creates one of the same name.
+	identityID string
+	revision   int64
+	checkedAt  time.Time
+	active     ActiveCertificate
 }
 
 // Active returns the identity's active certificate for a handshake. It is
 // the hot path: a cached entry is served without touching the database
-// for RevalidateAfter, then its revision is re-read (one indexed query) and
-// the entry reloaded only when the identity changed. Changes made through
-// this Service invalidate the cache at once.
+// for RevalidateAfter, then its id and revision are re-read (one indexed
+// query) and the entry reloaded only when the identity changed. Changes
+// made through this Service invalidate the cache at once.
 func (s *Service) Active(ctx context.Context, name string) (ActiveCertificate, error) {
 	now := s.clock.Now()
 	s.mu.RLock()
@@ -48,11 +52,11 @@ func (s *Service) Active(ctx context.Context, name string) (ActiveCertificate, e
 		return e.active, nil
 	}
 	if e != nil {
-		rev, err := s.store.IdentityRevision(ctx, name)
-		if err == nil && rev == e.revision {
+		ident, err := s.store.IdentityByName(ctx, name)
+		if err == nil && ident.ID == e.identityID && ident.Revision == e.revision {
 			s.mu.Lock()
 			if cur := s.active[name]; cur == e {
-				s.active[name] = &activeEntry{revision: e.revision, checkedAt: now, active: e.active}
+				s.active[name] = &activeEntry{identityID: e.identityID, revision: e.revision, checkedAt: now, active: e.active}
 			}
 			s.mu.Unlock()
 			return e.active, nil
@@ -92,7 +96,7 @@ func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (A
 	}
 	ac := ActiveCertificate{Certificate: tc, Info: ActiveInfo{Identity: name, Version: v.Version, Serial: v.Serial, FingerprintSHA256: v.Fingerprint}}
 	s.mu.Lock()
-	s.active[name] = &activeEntry{revision: ident.Revision, checkedAt: now, active: ac}
+	s.active[name] = &activeEntry{identityID: ident.ID, revision: ident.Revision, checkedAt: now, active: ac}
 	s.mu.Unlock()
 	return ac, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"testing"
 	"time"
 
@@ -57,6 +58,7 @@ func caCount(t testing.TB, svc *truststore.Service) int {
 }
 
 func TestAddCAFormats(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -127,6 +129,7 @@ func subjectsOf(certs []*x509.Certificate) []string {
 }
 
 func TestAddCARefused(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -182,6 +185,7 @@ func TestAddCARefused(t *testing.T) {
 }
 
 func TestAddCAOverrides(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -207,6 +211,7 @@ func TestAddCAOverrides(t *testing.T) {
 }
 
 func TestAddCAFIPS(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st, func(c *truststore.Config) { c.FIPS = true })
 		ctx := context.Background()
@@ -221,6 +226,7 @@ func TestAddCAFIPS(t *testing.T) {
 }
 
 func TestUpdateCA(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -274,6 +280,7 @@ func TestUpdateCA(t *testing.T) {
 }
 
 func TestRemoveCA(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		type call struct{ kind, name string }
 		var calls []call
@@ -317,6 +324,7 @@ func TestRemoveCA(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -395,5 +403,55 @@ func TestVerify(t *testing.T) {
 		})
 
 		require.Equal(t, head, auditHead(t, st), "verification changes nothing")
+	})
+}
+
+func TestVerifySeesCAChanges(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		other := e.service(t, e.svc.Keyring()) // a second node on the same database
+		server := e.ca.IssueServer(t, "api.example.test")
+		renewed := truststoretest.NewCA(t, truststoretest.Now(t0), truststoretest.CommonName("renewed root"))
+		_, err := e.svc.AddCA(ctx, alice, truststore.CARequest{Name: "corp", Data: e.ca.CertPEM()})
+		require.NoError(t, err)
+		verdict := func(svc *truststore.Service) string {
+			t.Helper()
+			got, err := svc.Verify(ctx, truststore.VerifyRequest{CA: []string{"corp"}, Leaf: server.ChainPEM(), Name: "api.example.test"})
+			var ie *truststore.InputError
+			if errors.As(err, &ie) {
+				return ie.Code
+			}
+			require.NoError(t, err)
+			if got.Valid {
+				return "valid"
+			}
+			return got.Error.Code
+		}
+		require.Equal(t, "valid", verdict(e.svc))
+		require.Equal(t, "valid", verdict(other))
+
+		// The bundle no longer holds the server's CA: this node knows at
+		// once, the other within RevalidateAfter.
+		_, err = e.svc.UpdateCA(ctx, alice, truststore.CARequest{Name: "corp", Data: renewed.CertPEM()})
+		require.NoError(t, err)
+		require.Equal(t, "unknown_authority", verdict(e.svc))
+		require.Equal(t, "valid", verdict(other))
+		e.clock.Advance(time.Second)
+		require.Equal(t, "unknown_authority", verdict(other))
+		require.Equal(t, "unknown_authority", verdict(e.svc)) // re-read: cached again from now
+
+		_, err = other.UpdateCA(ctx, alice, truststore.CARequest{Name: "corp", Data: certsPEM(renewed.Cert, e.ca.Cert)})
+		require.NoError(t, err)
+		require.Equal(t, "valid", verdict(other))
+		require.Equal(t, "unknown_authority", verdict(e.svc))
+		e.clock.Advance(time.Second)
+		require.Equal(t, "valid", verdict(e.svc))
+
+		require.NoError(t, e.svc.RemoveCA(ctx, alice, "corp"))
+		require.Equal(t, "unknown_ca", verdict(e.svc))
+		e.clock.Advance(time.Second)
+		require.Equal(t, "unknown_ca", verdict(other))
 	})
 }

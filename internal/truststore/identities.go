@@ -516,15 +516,19 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 		if err != nil {
 			return err
 		}
-		next := 1
 		for _, v := range versions {
-			if v.Version >= next {
-				next = v.Version + 1
-			}
 			if req.Generate != nil && v.Status == StatusPending {
 				return &ConflictError{Code: "pending_version", Message: fmt.Sprintf("identity %q already has version %d waiting for its certificate", req.Name, v.Version),
 					Hint: "install its certificate with `trustflow identity install-cert " + req.Name + " --cert F` first"}
 			}
+			if req.Generate == nil && v.Fingerprint != "" && v.Fingerprint == pki.FingerprintSHA256(p.leaf) {
+				return &ConflictError{Code: "already_present", Message: fmt.Sprintf("this certificate is already version %d of %q", v.Version, req.Name),
+					Hint: "to make it active again use `trustflow identity activate " + req.Name + fmt.Sprintf(" --version %d`", v.Version)}
+			}
+		}
+		next, err := tx.NextIdentityVersion(ctx, ident.ID)
+		if err != nil {
+			return err
 		}
 		var row store.IdentityVersion
 		if req.Generate != nil {

@@ -7,6 +7,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +81,7 @@ func pfx(t testing.TB, enc *pkcs12.Encoder, leaf *truststoretest.Leaf, password 
 }
 
 func TestImportKeyFormats(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -152,6 +155,7 @@ func TestImportKeyFormats(t *testing.T) {
 }
 
 func TestImportRefused(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -224,6 +228,7 @@ func TestImportRefused(t *testing.T) {
 }
 
 func TestCreateAndInstall(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -301,6 +306,7 @@ func TestCreateAndInstall(t *testing.T) {
 }
 
 func TestCreateRefused(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -330,6 +336,7 @@ func TestCreateRefused(t *testing.T) {
 }
 
 func TestRotateActivatePrune(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -469,6 +476,7 @@ func TestRotateActivatePrune(t *testing.T) {
 }
 
 func TestRemoveIdentity(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		var kinds []string
 		e := newEnv(t, st, func(c *truststore.Config) {
@@ -521,6 +529,7 @@ func TestRemoveIdentity(t *testing.T) {
 }
 
 func TestFIPSPolicy(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		fips := func(c *truststore.Config) { c.FIPS = true }
 		e := newEnv(t, st, fips)
@@ -553,6 +562,7 @@ func TestFIPSPolicy(t *testing.T) {
 }
 
 func TestActiveCache(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -603,6 +613,7 @@ func TestActiveCache(t *testing.T) {
 }
 
 func TestActiveCacheSeesRecreatedIdentity(t *testing.T) {
+	t.Parallel()
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		e := newEnv(t, st)
 		ctx := context.Background()
@@ -624,5 +635,62 @@ func TestActiveCacheSeesRecreatedIdentity(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, pki.Info(renewed.Cert).Serial, ac.Info.Serial, "the removed identity's key is no longer served")
 		samePublicKey(t, renewed.Cert.PublicKey, ac.Certificate.PrivateKey)
+	})
+}
+
+// Handshakes run while identities rotate: every answer must pair a
+// certificate with its own key, and after a local rotation returns, the new
+// version is served.
+func TestActiveDuringRotations(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		leaves := make([]*truststoretest.Leaf, 12)
+		for i := range leaves {
+			leaves[i] = e.client(t, fmt.Sprintf("v%d", i+1))
+		}
+		e.importLeaf(t, "payments", leaves[0])
+
+		stop := make(chan struct{})
+		errs := make(chan error, 4)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ac, err := e.svc.Active(ctx, "payments")
+					if err == nil && !ac.Certificate.PrivateKey.(crypto.Signer).Public().(*ecdsa.PublicKey).Equal(ac.Certificate.Leaf.PublicKey) {
+						err = fmt.Errorf("version %d: the key does not belong to the certificate", ac.Info.Version)
+					}
+					if err == nil && ac.Info.Serial != pki.Info(ac.Certificate.Leaf).Serial {
+						err = fmt.Errorf("version %d: info names serial %s, certificate has %s", ac.Info.Version, ac.Info.Serial, pki.Info(ac.Certificate.Leaf).Serial)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		for i, leaf := range leaves[1:] {
+			_, err := e.svc.Rotate(ctx, alice, truststore.RotateRequest{Name: "payments", Material: truststore.Material{Cert: leaf.CertPEM(), Key: leaf.KeyPEM()}})
+			require.NoError(t, err)
+			ac, err := e.svc.Active(ctx, "payments")
+			require.NoError(t, err)
+			require.Equal(t, i+2, ac.Info.Version)
+		}
+		close(stop)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
 	})
 }

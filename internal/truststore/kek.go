@@ -28,7 +28,7 @@ func (s *Service) Rewrap(ctx context.Context, actor audit.Actor, keyring *seal.K
 		return RewrapResult{}, fmt.Errorf("truststore: rewrap: the new keyring's current KEK is %s, not %s", keyring.CurrentID(), to.ID())
 	}
 	previous := s.keyring.Swap(keyring)
-	res := RewrapResult{ToKEK: to.ID()}
+	res := RewrapResult{FromKEKs: []string{}, ToKEK: to.ID()}
 	from := map[string]bool{}
 	for pass := 0; pass < 3; pass++ {
 		n := 0

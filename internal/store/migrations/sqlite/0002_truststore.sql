@@ -16,6 +16,7 @@ CREATE TABLE identities (
     name           TEXT NOT NULL UNIQUE,
     description    TEXT NOT NULL,
     active_version INTEGER,
+    last_version   INTEGER NOT NULL,
     created_at     BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL,
     revision       BIGINT NOT NULL
