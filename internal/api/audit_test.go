@@ -46,6 +46,9 @@ func auditPage(t *testing.T, e *env, query url.Values) api.AuditPage {
 	t.Helper()
 	p := requireJSON[api.AuditPage](t, e.do("GET", "/api/v1/audit?"+query.Encode(), e.admin, ""), http.StatusOK)
 	for i := range p.Records {
+		h, err := audit.Hash(p.Records[i])
+		require.NoError(t, err)
+		require.Equal(t, p.Records[i].Hash, h, "a record as the API answers it verifies on its own")
 		var b bytes.Buffer
 		require.NoError(t, json.Compact(&b, p.Records[i].Details))
 		p.Records[i].Details = b.Bytes()
@@ -175,7 +178,11 @@ func TestAuditExport(t *testing.T) {
 			var out []audit.Record
 			sc := bufio.NewScanner(bytes.NewReader(rec.Body.Bytes()))
 			for sc.Scan() {
-				out = append(out, decodeStrict[audit.Record](t, sc.Bytes()))
+				r := decodeStrict[audit.Record](t, sc.Bytes())
+				h, err := audit.Hash(r)
+				require.NoError(t, err)
+				require.Equal(t, r.Hash, h, "an exported record verifies on its own")
+				out = append(out, r)
 			}
 			require.NoError(t, sc.Err())
 			return out

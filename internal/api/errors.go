@@ -69,7 +69,7 @@ func toAPIError(err error) *Error {
 	if errors.As(err, &tooBig) {
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: "body_too_large",
 			Message: fmt.Sprintf("request body is larger than %d bytes", tooBig.Limit),
-			Hint:    "send a smaller body; large certificates bundles can be split", Cause: err}
+			Hint:    "send a smaller body; split a large certificate bundle into several", Cause: err}
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):

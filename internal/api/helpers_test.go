@@ -19,7 +19,10 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // start is the fake clock's starting time in every API test.
@@ -43,6 +46,10 @@ type env struct {
 	audit  *audit.Log
 	auth   *auth.Service
 	server *api.Server
+	// trust and connectors are wired as the composition root wires them,
+	// so that every route the server can serve is registered.
+	trust      *truststore.Service
+	connectors *connector.Service
 	// admin is the bootstrap admin token's secret and adminP its principal.
 	admin  string
 	adminP auth.Principal
@@ -80,8 +87,16 @@ func newEnv(t testing.TB, st *store.Store, cfg api.Config) *env {
 	e.admin = secret
 	e.adminP, err = e.auth.Authenticate(context.Background(), secret)
 	require.NoError(t, err)
-	cfg.Store, cfg.Auth, cfg.Audit = st, e.auth, e.audit
-	cfg.Logger = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	kek, err := seal.NewKEK()
+	require.NoError(t, err)
+	e.trust, err = truststore.New(truststore.Config{Store: st, Audit: e.audit, Keyring: seal.NewKeyring(kek), Clock: e.clock})
+	require.NoError(t, err)
+	e.connectors, err = connector.New(connector.Config{Store: st, Audit: e.audit, Trust: e.trust, Clock: e.clock, Logger: logger})
+	require.NoError(t, err)
+	e.trust.SetInUse(e.connectors.InUse)
+	cfg.Store, cfg.Auth, cfg.Audit, cfg.Trust, cfg.Connectors = st, e.auth, e.audit, e.trust, e.connectors
+	cfg.Logger = logger
 	e.server = api.New(cfg)
 	return e
 }

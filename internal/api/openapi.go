@@ -162,6 +162,10 @@ func componentSchemas() map[string]any {
 	} {
 		schemas[k] = v
 	}
+	// The probe route's schemas live beside it, in probe.go.
+	for k, v := range probeSchemas() {
+		schemas[k] = v
+	}
 	return schemas
 }
 

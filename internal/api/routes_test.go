@@ -42,14 +42,26 @@ type scenarioFixture struct {
 func (s scenario) allows(r auth.Role) bool { return s.public || slices.Contains(s.roles, r) }
 
 var (
-	everyone  = []auth.Role{auth.RoleAdmin, auth.RoleEditor, auth.RoleOperator, auth.RoleAuditor}
-	readers   = []auth.Role{auth.RoleAdmin, auth.RoleAuditor}
-	adminOnly = []auth.Role{auth.RoleAdmin}
+	everyone     = []auth.Role{auth.RoleAdmin, auth.RoleEditor, auth.RoleOperator, auth.RoleAuditor}
+	readers      = []auth.Role{auth.RoleAdmin, auth.RoleAuditor}
+	adminOnly    = []auth.Role{auth.RoleAdmin}
+	trustReaders = []auth.Role{auth.RoleAdmin, auth.RoleEditor, auth.RoleAuditor}
+	editors      = []auth.Role{auth.RoleAdmin, auth.RoleEditor}
 )
 
+// at requests a fixed path instead of the route's pattern.
+func at(path string) func(scenarioFixture) string {
+	return func(scenarioFixture) string { return path }
+}
+
 // scenarios pins the permission matrix of every route: admin may do
-// everything; auditor reads tokens and the audit log and changes nothing;
-// editor and operator see neither tokens nor the audit log.
+// everything; auditor reads everything (tokens, the audit log, the trust
+// store, connectors) and changes nothing; editor and operator see neither
+// tokens nor the audit log; editor reads the trust store and manages and
+// uses connectors; operator only reads connectors. Requests to the trust
+// store and connector routes name things that do not exist or send
+// incomplete bodies: they check who gets past authorisation, not what the
+// handlers do (their own tests cover that).
 var scenarios = map[string]scenario{
 	"GET /healthz":             {public: true, status: http.StatusOK},
 	"GET /readyz":              {public: true, status: http.StatusOK},
@@ -67,6 +79,37 @@ var scenarios = map[string]scenario{
 	"GET /api/v1/audit":        {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
 	"GET /api/v1/audit/verify": {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
 	"GET /api/v1/audit/export": {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
+
+	"POST /api/v1/cas":                 {perm: auth.PermCAsWrite, roles: adminOnly, body: `{}`, status: http.StatusBadRequest},
+	"GET /api/v1/cas":                  {perm: auth.PermCAsRead, roles: trustReaders, status: http.StatusOK},
+	"GET /api/v1/cas/{name}":           {perm: auth.PermCAsRead, roles: trustReaders, path: at("/api/v1/cas/missing"), status: http.StatusNotFound},
+	"PUT /api/v1/cas/{name}":           {perm: auth.PermCAsWrite, roles: adminOnly, path: at("/api/v1/cas/missing"), body: `{}`, status: http.StatusBadRequest},
+	"DELETE /api/v1/cas/{name}":        {perm: auth.PermCAsWrite, roles: adminOnly, path: at("/api/v1/cas/missing"), status: http.StatusNotFound},
+	"POST /api/v1/cas/{name}/verify":   {perm: auth.PermCAsRead, roles: trustReaders, path: at("/api/v1/cas/missing/verify"), body: `{}`, status: http.StatusBadRequest},
+	"POST /api/v1/identities/import":   {perm: auth.PermIdentitiesWrite, roles: adminOnly, body: `{"name":"x"}`, status: http.StatusBadRequest},
+	"POST /api/v1/identities":          {perm: auth.PermIdentitiesWrite, roles: adminOnly, body: `{}`, status: http.StatusBadRequest},
+	"GET /api/v1/identities":           {perm: auth.PermIdentitiesRead, roles: trustReaders, status: http.StatusOK},
+	"GET /api/v1/identities/{name}":    {perm: auth.PermIdentitiesRead, roles: trustReaders, path: at("/api/v1/identities/missing"), status: http.StatusNotFound},
+	"DELETE /api/v1/identities/{name}": {perm: auth.PermIdentitiesWrite, roles: adminOnly, path: at("/api/v1/identities/missing"), status: http.StatusNotFound},
+	"POST /api/v1/identities/{name}/certificate": {perm: auth.PermIdentitiesWrite, roles: adminOnly,
+		path: at("/api/v1/identities/missing/certificate"), body: `{}`, status: http.StatusBadRequest},
+	"POST /api/v1/identities/{name}/rotate": {perm: auth.PermIdentitiesWrite, roles: adminOnly,
+		path: at("/api/v1/identities/missing/rotate"), body: `{}`, status: http.StatusBadRequest},
+	"POST /api/v1/identities/{name}/activate": {perm: auth.PermIdentitiesWrite, roles: adminOnly,
+		path: at("/api/v1/identities/missing/activate"), body: `{"version":1}`, status: http.StatusNotFound},
+	"POST /api/v1/identities/{name}/prune": {perm: auth.PermIdentitiesWrite, roles: adminOnly,
+		path: at("/api/v1/identities/missing/prune"), status: http.StatusNotFound},
+	"POST /api/v1/kek/rotate": {perm: auth.PermKEKWrite, roles: adminOnly, status: http.StatusNotImplemented},
+
+	"POST /api/v1/connectors":          {perm: auth.PermConnectorsWrite, roles: editors, body: `{}`, status: http.StatusBadRequest},
+	"GET /api/v1/connectors":           {perm: auth.PermConnectorsRead, roles: everyone, status: http.StatusOK},
+	"GET /api/v1/connectors/{name}":    {perm: auth.PermConnectorsRead, roles: everyone, path: at("/api/v1/connectors/missing"), status: http.StatusNotFound},
+	"PUT /api/v1/connectors/{name}":    {perm: auth.PermConnectorsWrite, roles: editors, path: at("/api/v1/connectors/missing"), body: `{"name":"missing","url":"https://127.0.0.1:1"}`, status: http.StatusNotFound},
+	"DELETE /api/v1/connectors/{name}": {perm: auth.PermConnectorsWrite, roles: editors, path: at("/api/v1/connectors/missing"), status: http.StatusNotFound},
+	"POST /api/v1/connectors/{name}/test": {perm: auth.PermConnectorsUse, roles: editors,
+		path: at("/api/v1/connectors/missing/test"), body: `{}`, status: http.StatusNotFound},
+	"POST /api/v1/connectors/{name}/call": {perm: auth.PermConnectorsUse, roles: editors,
+		path: at("/api/v1/connectors/missing/call"), body: `{"method":"GET","path":"/"}`, status: http.StatusNotFound},
 }
 
 func routeKey(rt api.Route) string { return rt.Method + " " + rt.Path }

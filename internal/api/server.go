@@ -21,6 +21,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -48,6 +49,8 @@ type Config struct {
 	RotateKEK KEKRotator
 	// Connectors is the connector service; its routes exist only when set.
 	Connectors *connector.Service
+	// Probe runs endpoint probes; its route exists only when it is set.
+	Probe *probe.Prober
 }
 
 // Server is the HTTP API.
@@ -124,6 +127,7 @@ func (s *Server) buildRoutes() []Route {
 	rs = append(rs, s.auditRoutes()...)
 	rs = append(rs, s.truststoreRoutes()...)
 	rs = append(rs, s.connectorRoutes()...)
+	rs = append(rs, s.probeRoutes()...)
 	return rs
 }
 

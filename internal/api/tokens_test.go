@@ -264,7 +264,7 @@ func TestCreateTokenBodyTooLarge(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, st, api.Config{MaxBodyBytes: 1024})
 		want := errorDetail{Code: "body_too_large", Message: "request body is larger than 1024 bytes",
-			Hint: "send a smaller body; large certificates bundles can be split"}
+			Hint: "send a smaller body; split a large certificate bundle into several"}
 		for name, body := range map[string]string{
 			"large value":      `{"name":"` + strings.Repeat("n", 2000) + `","role":"admin"}`,
 			"large trailer":    `{"name":"ci","role":"admin"}` + strings.Repeat(" ", 2000),

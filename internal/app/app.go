@@ -26,6 +26,7 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/config"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -117,6 +118,11 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.Trust.SetInUse(a.Connectors.InUse)
+	prober, err := probe.New(probe.Config{Trust: a.Trust, Audit: a.Audit, Clock: opts.Clock})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	kf := &kekFiles{path: cfg.KEKFile, trust: a.Trust}
 	if unfinished != nil {
 		opts.Logger.Warn("finishing an interrupted key-encryption key rotation", "kek_id", unfinished.ID())
@@ -126,25 +132,25 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		}
 	}
 
-	secret, created, err := a.Auth.Bootstrap(ctx)
+	path := filepath.Join(cfg.DataDir, config.AdminTokenFile)
+	// The token file is written before the token commits: a crash between
+	// the two leaves a stale file, which the next start replaces.
+	secret, created, err := a.Auth.BootstrapWith(ctx, func(secret string) error {
+		return writeFileAtomic(path, []byte(secret+"\n"), 0o600)
+	})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("app: create admin token: %w", err)
 	}
 	if created {
 		a.AdminToken = secret
-		path := filepath.Join(cfg.DataDir, config.AdminTokenFile)
-		if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
-			st.Close()
-			return nil, fmt.Errorf("app: write admin token: %w", err)
-		}
 		fmt.Fprintf(opts.Stderr, "\ntrustflow: created the first admin token (shown once; also written to %s):\n\n    %s\n\n", path, secret)
 	}
 
 	a.API = api.New(api.Config{
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
-		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors,
+		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober,
 	})
 	return a, nil
 }

@@ -215,7 +215,8 @@ func (s *Service) create(ctx context.Context, tx *store.Tx, actor audit.Actor, n
 	now := s.clock.Now().UTC().Truncate(time.Microsecond)
 	st := store.Token{ID: id, Name: name, Role: string(role), SecretHash: hashSecret(secret), CreatedAt: now, CreatedBy: actor.ID}
 	if ttl > 0 {
-		exp := now.Add(ttl)
+		// Stored times have microsecond precision: answer what is stored.
+		exp := now.Add(ttl).Truncate(time.Microsecond)
 		st.ExpiresAt = &exp
 	}
 	if err := tx.InsertToken(ctx, st); err != nil {
@@ -235,6 +236,12 @@ func (s *Service) create(ctx context.Context, tx *store.Tx, actor audit.Actor, n
 func (s *Service) Revoke(ctx context.Context, actor Principal, id string) (Token, error) {
 	var out Token
 	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		// Holding the audit head before reading the token serialises
+		// concurrent revocations on PostgreSQL: the later one sees the
+		// earlier one's revoked_at and conflicts.
+		if _, err := tx.LockAuditHead(ctx); err != nil {
+			return fmt.Errorf("auth: revoke token: %w", err)
+		}
 		now := s.clock.Now().UTC().Truncate(time.Microsecond)
 		t, err := tx.RevokeToken(ctx, id, now)
 		if err != nil {
@@ -276,6 +283,13 @@ func (s *Service) Get(ctx context.Context, id string) (Token, error) {
 // one, and returns its secret (created is false, and secret empty, when a
 // token already existed). Safe to call from several nodes at once.
 func (s *Service) Bootstrap(ctx context.Context) (secret string, created bool, err error) {
+	return s.BootstrapWith(ctx, nil)
+}
+
+// BootstrapWith is Bootstrap that hands a newly created secret to persist
+// before the token commits: when persist fails, no token is created, so the
+// admin can never be left without the only copy of the first token.
+func (s *Service) BootstrapWith(ctx context.Context, persist func(secret string) error) (secret string, created bool, err error) {
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		// Holding the audit head serialises concurrent bootstraps on PostgreSQL.
 		if _, err := tx.LockAuditHead(ctx); err != nil {
@@ -289,8 +303,19 @@ func (s *Service) Bootstrap(ctx context.Context) (secret string, created bool, e
 			return nil
 		}
 		_, secret, err = s.create(ctx, tx, audit.System, "admin", RoleAdmin, 0)
-		created = err == nil
-		return err
+		if err != nil {
+			return err
+		}
+		if persist != nil {
+			if err := persist(secret); err != nil {
+				return fmt.Errorf("auth: bootstrap: keep the admin token: %w", err)
+			}
+		}
+		created = true
+		return nil
 	})
-	return secret, created, err
+	if err != nil {
+		return "", false, err
+	}
+	return secret, created, nil
 }

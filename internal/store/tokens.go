@@ -55,8 +55,12 @@ func (t *Tx) RevokeToken(ctx context.Context, id string, at time.Time) (Token, e
 	if tok.RevokedAt != nil {
 		return tok, fmt.Errorf("store: revoke token %s: already revoked: %w", id, ErrConflict)
 	}
-	if _, err := t.tx.ExecContext(ctx, "UPDATE tokens SET revoked_at = $1 WHERE id = $2", micros(at), id); err != nil {
+	res, err := t.tx.ExecContext(ctx, "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", micros(at), id)
+	if err != nil {
 		return Token{}, fmt.Errorf("store: revoke token %s: %w", id, mapErr(err))
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return tok, fmt.Errorf("store: revoke token %s: already revoked: %w", id, ErrConflict)
 	}
 	return tok, nil
 }
