@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"fmt"
+	"strings"
 )
 
 // trustflow's FIPS 140-3 policy for keys and certificates, applied on import
@@ -41,7 +43,11 @@ func CheckFIPSKey(pub crypto.PublicKey) error {
 	case ed25519.PublicKey:
 		return nil
 	}
-	return newError(CodeFIPSDisallowed, hintFIPSKey, nil, "%T keys are not allowed under FIPS 140-3", pub)
+	if pub == nil {
+		return newError(CodeFIPSDisallowed, hintFIPSKey, nil, "no public key given")
+	}
+	name := strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", pub), "*"), ".PublicKey")
+	return newError(CodeFIPSDisallowed, hintFIPSKey, nil, "%s keys are not allowed under FIPS 140-3", name)
 }
 
 // fipsSignatureAlgorithms are the certificate signature algorithms the FIPS

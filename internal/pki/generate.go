@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/mail"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -88,12 +89,18 @@ const subjectAttributes = "CN, O, OU, C, L, ST, STREET, POSTALCODE, SERIALNUMBER
 const hintSubject = "write the subject as comma-separated TYPE=value pairs, e.g. \"CN=payments-client,O=Acme,OU=IT,C=US\"; escape a comma inside a value as \\,"
 
 // ParseSubject parses a distinguished name written RFC 4514 style, most
-// significant attribute anywhere: "CN=svc,O=Acme\, Inc.,OU=IT,C=US,L=Paris,ST=IDF".
+// significant attribute last: "CN=svc,O=Acme\, Inc.,OU=IT,C=US,L=Paris,ST=IDF".
 // Attribute types are case-insensitive: CN, O, OU, C, L, ST, STREET,
 // POSTALCODE, SERIALNUMBER, DC, UID, EMAILADDRESS (or E), TITLE, GN, SN,
 // ORGANIZATIONIDENTIFIER, or a dotted OID. Values may use RFC 4514 escapes
-// (\, \+ \" \\ \< \> \; \= and \XX hex pairs); spaces around "=" and "," are
-// ignored. The OpenSSL form "/CN=svc/O=Acme" is accepted too.
+// (\, \+ \" \\ \< \> \; \= and \XX hex pairs); spaces around "=" and ","
+// are ignored. The OpenSSL form "/C=US/O=Acme/CN=svc" (most significant
+// first) is accepted too.
+//
+// The attributes keep the order written: the returned Name's ExtraNames
+// hold them all in encoding order (so certificates and CSRs carry exactly the
+// name given), and its fields (CommonName, Organization, ...) are filled for
+// reading. emailAddress and DC values are encoded as IA5String.
 func ParseSubject(s string) (pkix.Name, error) {
 	var name pkix.Name
 	if !utf8.ValidString(s) {
@@ -102,9 +109,9 @@ func ParseSubject(s string) (pkix.Name, error) {
 	if len(s) > 4096 {
 		return name, newError(CodeInvalidSubject, hintSubject, nil, "the subject is %d bytes, over the 4096-byte limit", len(s))
 	}
-	sep := byte(',')
+	sep, mostSignificantFirst := byte(','), false
 	if t := strings.TrimSpace(s); strings.HasPrefix(t, "/") {
-		sep, s = '/', t[1:]
+		sep, s, mostSignificantFirst = '/', t[1:], true
 	}
 	rdns, err := splitUnescaped(s, sep)
 	if err != nil {
@@ -113,91 +120,121 @@ func ParseSubject(s string) (pkix.Name, error) {
 	if len(rdns) == 1 && strings.TrimSpace(rdns[0]) == "" {
 		return name, newError(CodeInvalidSubject, hintSubject, nil, "the subject is empty")
 	}
+	var attrs []pkix.AttributeTypeAndValue
 	for i, rdn := range rdns {
 		typ, rawValue, ok := cutUnescaped(rdn, '=')
 		typ = strings.TrimSpace(typ)
 		if !ok || typ == "" {
-			return name, newError(CodeInvalidSubject, hintSubject, nil, "attribute #%d %q is not of the form TYPE=value", i+1, strings.TrimSpace(rdn))
+			return pkix.Name{}, newError(CodeInvalidSubject, hintSubject, nil, "attribute #%d %q is not of the form TYPE=value", i+1, strings.TrimSpace(rdn))
 		}
 		if _, _, multi := cutUnescaped(rawValue, '+'); multi {
-			return name, newError(CodeInvalidSubject, hintSubject+"; multi-valued RDNs (+) are not supported, escape a literal plus as \\+", nil,
+			return pkix.Name{}, newError(CodeInvalidSubject, hintSubject+"; multi-valued RDNs (+) are not supported, escape a literal plus as \\+", nil,
 				"attribute %s has a multi-valued RDN", typ)
 		}
 		value, verr := unescapeDNValue(strings.TrimSpace(rawValue))
 		if verr != "" {
-			return name, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s: %s", typ, verr)
+			return pkix.Name{}, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s: %s", typ, verr)
 		}
 		if value == "" {
-			return name, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s has an empty value", typ)
+			return pkix.Name{}, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s has an empty value", typ)
 		}
-		if err := addAttribute(&name, typ, value); err != nil {
+		atv, err := addAttribute(&name, typ, value)
+		if err != nil {
 			return pkix.Name{}, err
 		}
+		attrs = append(attrs, atv)
 	}
+	if !mostSignificantFirst {
+		slices.Reverse(attrs)
+	}
+	name.ExtraNames = attrs
 	return name, nil
 }
 
-func addAttribute(name *pkix.Name, typ, value string) error {
+// Standard attribute types (RFC 4519).
+var (
+	oidCommonName         = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidSerialNumber       = asn1.ObjectIdentifier{2, 5, 4, 5}
+	oidCountry            = asn1.ObjectIdentifier{2, 5, 4, 6}
+	oidLocality           = asn1.ObjectIdentifier{2, 5, 4, 7}
+	oidProvince           = asn1.ObjectIdentifier{2, 5, 4, 8}
+	oidStreetAddress      = asn1.ObjectIdentifier{2, 5, 4, 9}
+	oidOrganization       = asn1.ObjectIdentifier{2, 5, 4, 10}
+	oidOrganizationalUnit = asn1.ObjectIdentifier{2, 5, 4, 11}
+	oidPostalCode         = asn1.ObjectIdentifier{2, 5, 4, 17}
+)
+
+// addAttribute validates one attribute, fills the matching field of name and
+// returns the attribute as it is encoded.
+func addAttribute(name *pkix.Name, typ, value string) (pkix.AttributeTypeAndValue, error) {
 	upper := strings.ToUpper(typ)
-	tooLong := func(limit int) error {
-		if utf8.RuneCountInString(value) > limit {
-			return newError(CodeInvalidSubject, hintSubject, nil, "attribute %s is %d characters long, over the limit of %d (RFC 5280)", typ, utf8.RuneCountInString(value), limit)
-		}
-		return nil
-	}
+	atv := pkix.AttributeTypeAndValue{Value: value}
+	limit := 0 // upper bound on the length, from RFC 5280 Appendix A
 	switch upper {
 	case "CN", "COMMONNAME":
 		if name.CommonName != "" {
-			return newError(CodeInvalidSubject, hintSubject, nil, "attribute CN is given twice")
+			return atv, newError(CodeInvalidSubject, hintSubject, nil, "attribute CN is given twice")
 		}
-		name.CommonName = value
-		return tooLong(64)
+		name.CommonName, atv.Type, limit = value, oidCommonName, 64
 	case "O", "ORGANIZATIONNAME":
 		name.Organization = append(name.Organization, value)
-		return tooLong(64)
+		atv.Type, limit = oidOrganization, 64
 	case "OU", "ORGANIZATIONALUNITNAME":
 		name.OrganizationalUnit = append(name.OrganizationalUnit, value)
-		return tooLong(64)
+		atv.Type, limit = oidOrganizationalUnit, 64
 	case "C", "COUNTRYNAME":
 		if len(value) != 2 || strings.ToUpper(value) != value || !isLetters(value) {
-			return newError(CodeInvalidSubject, "use the two-letter ISO 3166 country code, e.g. C=US or C=DE", nil,
+			return atv, newError(CodeInvalidSubject, "use the two-letter ISO 3166 country code, e.g. C=US or C=DE", nil,
 				"attribute C must be a two-letter country code, not %q", value)
 		}
 		name.Country = append(name.Country, value)
+		atv.Type = oidCountry
 	case "L", "LOCALITYNAME":
 		name.Locality = append(name.Locality, value)
-		return tooLong(128)
+		atv.Type, limit = oidLocality, 128
 	case "ST", "S", "STATEORPROVINCENAME":
 		name.Province = append(name.Province, value)
-		return tooLong(128)
+		atv.Type, limit = oidProvince, 128
 	case "STREET", "STREETADDRESS":
 		name.StreetAddress = append(name.StreetAddress, value)
+		atv.Type = oidStreetAddress
 	case "POSTALCODE":
 		name.PostalCode = append(name.PostalCode, value)
-		return tooLong(40)
+		atv.Type, limit = oidPostalCode, 40
 	case "SERIALNUMBER":
 		if name.SerialNumber != "" {
-			return newError(CodeInvalidSubject, hintSubject, nil, "attribute SERIALNUMBER is given twice")
+			return atv, newError(CodeInvalidSubject, hintSubject, nil, "attribute SERIALNUMBER is given twice")
 		}
-		name.SerialNumber = value
-		return tooLong(64)
+		name.SerialNumber, atv.Type, limit = value, oidSerialNumber, 64
 	default:
 		oid, ok := extraAttributes[upper]
 		if !ok {
 			parsed, perr := parseOID(typ)
 			if perr != nil {
-				return newError(CodeInvalidSubject, "use one of "+subjectAttributes, nil, "unknown attribute type %q", typ)
+				return atv, newError(CodeInvalidSubject, "use one of "+subjectAttributes, nil, "unknown attribute type %q", typ)
 			}
 			oid = parsed
 		}
-		if oid.Equal(oidEmailAddress) {
-			if _, err := mail.ParseAddress(value); err != nil || strings.ContainsAny(value, "<> ") {
-				return newError(CodeInvalidSubject, hintSubject, err, "attribute %s is not a valid e-mail address: %q", typ, value)
+		atv.Type = oid
+		if oid.Equal(oidEmailAddress) || oid.Equal(oidDomainComponent) {
+			// IA5String (ASCII) attributes.
+			if oid.Equal(oidEmailAddress) {
+				if _, err := mail.ParseAddress(value); err != nil || strings.ContainsAny(value, "<> ") {
+					return atv, newError(CodeInvalidSubject, hintSubject, err, "attribute %s is not a valid e-mail address: %q", typ, value)
+				}
 			}
+			for _, r := range value {
+				if r > 0x7f {
+					return atv, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s must be ASCII: %q", typ, value)
+				}
+			}
+			atv.Value = asn1.RawValue{Tag: asn1.TagIA5String, Bytes: []byte(value)}
 		}
-		name.ExtraNames = append(name.ExtraNames, pkix.AttributeTypeAndValue{Type: oid, Value: value})
 	}
-	return nil
+	if limit > 0 && utf8.RuneCountInString(value) > limit {
+		return atv, newError(CodeInvalidSubject, hintSubject, nil, "attribute %s is %d characters long, over the limit of %d (RFC 5280)", typ, utf8.RuneCountInString(value), limit)
+	}
+	return atv, nil
 }
 
 func isLetters(s string) bool {

@@ -6,8 +6,8 @@ package pki
 // stays within a few seconds. Common tools use 2,048 (OpenSSL) to 600,000
 // (OWASP guidance for PBKDF2-HMAC-SHA256) iterations.
 const (
-	maxKDFIterations = 2_000_000 // one derivation
-	maxKDFWork       = 6_000_000 // all derivations needed for one file
+	maxKDFIterations = 1_000_000 // one derivation
+	maxKDFWork       = 3_000_000 // all derivations needed for one file
 )
 
 const hintKDF = "re-export the file with a standard iteration count, e.g. `openssl pkcs12 -export -iter 100000 ...` or `openssl pkcs8 -topk8 -v2 aes-256-cbc -iter 100000 ...`"

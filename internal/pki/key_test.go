@@ -106,7 +106,7 @@ func TestParsePrivateKeyMessages(t *testing.T) {
 
 	_, err = pki.ParsePrivateKey(fixture(t, "client-key-pkcs8-too-many-iterations.pem"), []byte(keyPass))
 	e = requireCode(t, err, pki.CodeTooLarge)
-	require.Equal(t, "the encrypted private key asks for 3000000 key-derivation iterations, over the limit of 2000000", e.Message)
+	require.Equal(t, "the encrypted private key asks for 3000000 key-derivation iterations, over the limit of 1000000", e.Message)
 }
 
 func TestKeyMatchesCertificate(t *testing.T) {

@@ -235,6 +235,10 @@ func parseDERCertificates(data []byte) ([]*x509.Certificate, error) {
 		}
 		return certs, nil
 	}
+	if isPKCS12(data) {
+		return nil, newError(CodeNoCertificates, "import it as an identity (PKCS#12), or extract the certificates with `openssl pkcs12 -in file.p12 -nokeys -out certs.pem`", err,
+			"input is a PKCS#12 (.p12/.pfx) file, not a certificate")
+	}
 	if what := describeDER(data); what != "" {
 		return nil, newError(CodeNoCertificates, "give the certificate itself (PEM or DER); "+hintPEMCert, err,
 			"input is %s, not a certificate", what)

@@ -30,6 +30,7 @@ func TestParseCertificates(t *testing.T) {
 		{"chain.p7b", []string{client, inter, root}},
 		{"chain.p7b.pem", []string{client, inter, root}},
 		{"chain-p7-in-certificate-block.pem", []string{client, inter, root}},
+		{"signed-ber.p7m", []string{inter, client}},       // CMS keeps certificates in a SET
 		{"key-does-not-match-cert.pem", []string{client}}, // the key block is ignored
 		{"ed25519-client.pem", []string{"ed25519.trustflow.test"}},
 	}

@@ -40,7 +40,10 @@ var (
 	oidPKCS12PBE  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 12, 1}
 )
 
-const hintReencryptKey = "re-encrypt the key with `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -in key.pem -out key-pkcs8.pem`"
+const (
+	hintReencryptKey = "re-encrypt the key with `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -in key.pem -out key-pkcs8.pem`"
+	hintKeyFIPS      = "FIPS 140-only mode accepts encrypted keys only with PBKDF2-HMAC-SHA-2, a salt of at least 16 bytes and AES-CBC (OpenSSL 3.0 writes 8-byte salts): re-encrypt the key with a tool that writes such keys, import it unencrypted over a trusted channel, or better, generate the key in trustflow and have a CSR signed"
+)
 
 type encryptedPrivateKeyInfo struct {
 	Algorithm     pkix.AlgorithmIdentifier
@@ -168,7 +171,7 @@ func decryptPKCS8(der []byte, password []byte) (plain []byte, err error) {
 			"the encrypted private key asks for a %d-byte key for %s, which needs %d", kdf.KeyLength, cipherName, keyLen)
 	}
 	if fips140.Enforced() && (prfName == "hmacWithSHA1" || cipherName == "DES-EDE3-CBC") {
-		return nil, newError(CodeFIPSDisallowed, hintReencryptKey, nil,
+		return nil, newError(CodeFIPSDisallowed, hintKeyFIPS, nil,
 			"the private key is encrypted with %s and %s, not allowed in FIPS 140-only mode", prfName, cipherName)
 	}
 	var iv []byte
@@ -178,13 +181,17 @@ func decryptPKCS8(der []byte, password []byte) (plain []byte, err error) {
 
 	defer func() {
 		if r := recover(); r != nil {
-			plain, err = nil, recoveredCryptoPanic(r, "the encrypted private key", hintReencryptKey)
+			hint := hintReencryptKey
+			if fips140.Enforced() {
+				hint = hintKeyFIPS
+			}
+			plain, err = nil, recoveredCryptoPanic(r, "the encrypted private key", hint)
 		}
 	}()
 	key, err := pbkdf2.Key(newHash, string(password), kdf.Salt, kdf.Iterations, keyLen)
 	if err != nil {
 		if fips140.Enforced() {
-			return nil, newError(CodeFIPSDisallowed, hintReencryptKey+" (OpenSSL 3 uses a 16-byte salt)", err,
+			return nil, newError(CodeFIPSDisallowed, hintKeyFIPS, err,
 				"the private key's PBKDF2 parameters (%s, %d-byte salt) are not allowed in FIPS 140-only mode", prfName, len(kdf.Salt))
 		}
 		return nil, newError(CodeMalformedKey, hintReencryptKey, err, "deriving the key that decrypts the private key failed")

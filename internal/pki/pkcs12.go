@@ -1,20 +1,23 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/fips140"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/base64"
 	"errors"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"software.sslmate.com/src/go-pkcs12"
 )
 
 const (
 	hintPKCS12Export = "re-export it with `openssl pkcs12 -export -in cert.pem -inkey key.pem -certfile chain.pem -out identity.p12` (OpenSSL 3 defaults: AES-256-CBC, PBKDF2, SHA-256 MAC)"
-	hintPKCS12FIPS   = "FIPS 140-only mode refuses SHA-1, 3DES/RC2 and PBKDF2 salts shorter than 16 bytes, which most PKCS#12 tools use; import the certificate and key as PEM instead (`openssl pkcs12 -in identity.p12 -nokeys -out cert.pem` and `openssl pkcs12 -in identity.p12 -nocerts -nodes | openssl pkcs8 -topk8 -nocrypt -out key.pem`, over a trusted channel), or better, generate the key in trustflow and have a CSR signed"
+	hintPKCS12FIPS   = "FIPS 140-only mode refuses SHA-1 MACs, 3DES/RC2 encryption and PBKDF2 salts shorter than 16 bytes, and `openssl pkcs12 -export` writes 8-byte salts: re-export with a tool that writes PBES2 (AES-256-CBC, PBKDF2-HMAC-SHA256, 16-byte salts) and a SHA-256 or PBMAC1 MAC, or import the certificate and key as PEM (`openssl pkcs12 -in identity.p12 -nokeys -out cert.pem`, `openssl pkcs12 -in identity.p12 -nocerts -noenc -out key.pem`, over a trusted channel), or better, generate the key in trustflow and have a CSR signed"
 	hintP12Password  = "check the password: `openssl pkcs12 -in identity.p12 -noout` asks for it and says whether it is right (add -legacy for old 3DES/RC2 files)"
 )
 
@@ -51,7 +54,14 @@ func ParsePKCS12(data []byte, password string) (key crypto.Signer, leaf *x509.Ce
 			"import the PEM certificate and key directly, or bundle them with `openssl pkcs12 -export -in cert.pem -inkey key.pem -certfile chain.pem -out identity.p12`",
 			nil, "input is PEM text, not a binary PKCS#12 file")
 	}
+	if !utf8.ValidString(password) {
+		return nil, nil, nil, newError(CodeInvalidOption, "give the password as UTF-8 text", nil, "the PKCS#12 password is not valid UTF-8")
+	}
 	if !isPKCS12(data) {
+		if der, err := base64.StdEncoding.DecodeString(string(bytes.Join(bytes.Fields(data), nil))); err == nil && isPKCS12(der) {
+			return nil, nil, nil, newError(CodeMalformedPKCS12, "decode it first, e.g. `base64 -d identity.p12.b64 > identity.p12`", nil,
+				"input is a base64-encoded PKCS#12 file; trustflow reads the binary form")
+		}
 		if what := describeDER(data); what != "" {
 			return nil, nil, nil, newError(CodeMalformedPKCS12, "give the .p12/.pfx file that holds the certificate and its key", nil,
 				"input is %s, not a PKCS#12 file", what)

@@ -3,6 +3,7 @@ package pki_test
 import (
 	"crypto/fips140"
 	"crypto/x509"
+	"encoding/base64"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,4 +164,14 @@ func TestParsePKCS12FIPSOnly(t *testing.T) {
 	// Unencrypted keys and certificates are fine.
 	_, err = pki.ParsePrivateKey(fixture(t, "client-key-pkcs8.pem"), nil)
 	require.NoError(t, err)
+}
+
+func TestParsePKCS12Base64(t *testing.T) {
+	t.Parallel()
+	b64 := base64.StdEncoding.EncodeToString(fixture(t, "client-modern.p12"))
+	_, _, _, err := pki.ParsePKCS12([]byte(b64+"\n"), p12Pass)
+	e := requireCode(t, err, pki.CodeMalformedPKCS12)
+	require.Contains(t, e.Hint, "base64 -d")
+	_, _, _, err = pki.ParsePKCS12(fixture(t, "client-modern.p12"), "\xff")
+	requireCode(t, err, pki.CodeInvalidOption)
 }

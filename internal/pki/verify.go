@@ -20,8 +20,8 @@ const (
 	PurposeAny    = "any"    // no extended key usage requirement
 )
 
-// NoIntermediates, as VerifyOptions.MaxChainDepth, allows only chains in
-// which a trusted CA issued the leaf directly.
+// NoIntermediates is the VerifyOptions.MaxChainDepth that allows only chains
+// in which a trusted CA issued the leaf directly.
 const NoIntermediates = -1
 
 // VerifyOptions says what Verify checks. The zero value of each field means
@@ -69,10 +69,12 @@ type VerifyResult struct {
 // opts.Intermediates, for opts.Purpose and opts.DNSName at opts.Time, and
 // that no certificate of the chain is revoked by opts.CRLs. Path building,
 // signature, validity period, name constraint, path length, key usage and
-// policy checks are those of crypto/x509.Certificate.Verify; Verify adds CRL
-// checking, MaxChainDepth and a diagnosis of failures: the returned *Error
-// names the certificate at fault and says how to fix it, and wraps the
-// crypto/x509 error.
+// policy checks are those of crypto/x509.Certificate.Verify. Verify adds CRL
+// checking, MaxChainDepth, a key-strength floor (no RSA key under MinRSABits
+// and no DSA key anywhere in the chain: Code "weak_key") and a diagnosis of
+// failures: the returned *Error names the certificate at fault, says how to
+// fix it, and wraps the crypto/x509 error. When several chains are possible,
+// the first that passes every check is returned.
 //
 // It is the one verification path trustflow uses: `ca verify`, connectors'
 // VerifyConnection and the probe all call it.
@@ -152,7 +154,8 @@ func checkChainDepth(chain []*x509.Certificate, maxDepth int) *Error {
 	}
 	limit := max(maxDepth, 0)
 	n := 0
-	for _, c := range chain[1 : len(chain)-1] {
+	for i := 1; i < len(chain)-1; i++ {
+		c := chain[i]
 		if !bytes.Equal(c.RawSubject, c.RawIssuer) {
 			n++
 		}
@@ -201,6 +204,23 @@ func chainNames(chain []*x509.Certificate) string {
 	return strings.Join(names, " <- ")
 }
 
+// diagnosisBudget bounds the signature checks a diagnosis may make, as
+// crypto/x509 bounds its own: the peer chooses the intermediates, and may send
+// many with the same name.
+type diagnosisBudget struct{ left int }
+
+const maxDiagnosisSignatureChecks = 100
+
+// issuedBy is the package's issuedBy within the budget; once the budget is
+// spent, nothing issued anything.
+func (b *diagnosisBudget) issuedBy(child, parent *x509.Certificate) bool {
+	if !bytes.Equal(child.RawIssuer, parent.RawSubject) || b.left <= 0 {
+		return false
+	}
+	b.left--
+	return issuedBy(child, parent)
+}
+
 // diagnose turns a crypto/x509 verification error into an *Error naming the
 // certificate at fault.
 func diagnose(leaf *x509.Certificate, err error, opts *VerifyOptions) *Error {
@@ -216,11 +236,10 @@ func diagnose(leaf *x509.Certificate, err error, opts *VerifyOptions) *Error {
 	case errors.As(err, &hostErr):
 		return hostnameError(hostErr, err)
 	case errors.As(err, &uaErr):
-		cert := uaErr.Cert
-		if cert == nil {
-			cert = leaf
-		}
-		return diagnoseUnknownAuthority(leaf, cert, err, opts)
+		// crypto/x509 names the certificate whose issuer it could not find,
+		// which may be an intermediate; the diagnosis walks up from the
+		// leaf to name the whole path.
+		return diagnoseUnknownAuthority(leaf, err, opts)
 	case errors.As(err, &invErr):
 		return diagnoseInvalid(leaf, invErr, err, opts)
 	case errors.As(err, &algErr):
@@ -306,15 +325,24 @@ func diagnoseInvalid(leaf *x509.Certificate, e x509.CertificateInvalidError, err
 		c = leaf
 	}
 	role := roleOf(c, leaf, opts)
+	path := pathTo(leaf, c, opts.Intermediates)
+	who := role + " " + certName(c)
+	if len(path) > 1 {
+		who += ", which issued " + certName(path[len(path)-2]) + ","
+	}
 	switch e.Reason {
 	case x509.Expired:
-		return validityError(c, role+" "+certName(c), opts.Time, err)
+		return validityError(c, who, opts.Time, err)
 	case x509.NotAuthorizedToSign:
 		return newError(CodeNotACA, "import the real issuing CA; a certificate without CA:TRUE cannot issue others", err,
-			"%s %s is not a CA, so it may not have issued the certificates under it", role, certName(c))
+			"%s is not a CA, so it may not issue certificates", who)
 	case x509.TooManyIntermediates:
-		return newError(CodePathLength, "a CA's pathLenConstraint forbids this many CAs under it; use a chain that respects it", err,
-			"the chain of certificate %s is longer than a CA's path length constraint allows", certName(leaf))
+		if len(path) > 1 {
+			return pathLenError(c, role, leaf, len(path)-2, err)
+		}
+		return newError(CodePathLength, hintPathLen, err,
+			"%s %s allows at most %d intermediate CAs below it (pathLenConstraint), and the chain of %s has more",
+			role, certName(c), c.MaxPathLen, certName(leaf))
 	case x509.CANotAuthorizedForThisName, x509.UnconstrainedName, x509.NameConstraintsWithoutSANs, x509.TooManyConstraints:
 		detail := e.Detail
 		if detail == "" {
@@ -360,11 +388,13 @@ func validityError(c *x509.Certificate, who string, now time.Time, cause error) 
 		"%s expired at %s (checked at %s)", who, timeText(c.NotAfter), timeText(now))
 }
 
-// diagnoseUnknownAuthority explains why no chain from cert reached a trusted
-// CA, by looking at the candidate issuers itself: crypto/x509 keeps that
+// diagnoseUnknownAuthority explains why no chain from leaf reached a trusted
+// CA, by walking up the candidate issuers itself: crypto/x509 keeps the
 // reason in unexported fields.
-func diagnoseUnknownAuthority(leaf, cert *x509.Certificate, cause error, opts *VerifyOptions) *Error {
+func diagnoseUnknownAuthority(leaf *x509.Certificate, cause error, opts *VerifyOptions) *Error {
+	budget := &diagnosisBudget{left: maxDiagnosisSignatureChecks}
 	var followed []*x509.Certificate
+	cert := leaf
 	seen := map[*x509.Certificate]bool{}
 	for depth := 0; depth < 16; depth++ {
 		followed = append(followed, cert)
@@ -380,7 +410,7 @@ func diagnoseUnknownAuthority(leaf, cert *x509.Certificate, cause error, opts *V
 		var next *x509.Certificate
 		var problem *Error
 		for _, p := range sameName {
-			if !issuedBy(cert, p) || seen[p] {
+			if seen[p] || !budget.issuedBy(cert, p) {
 				continue
 			}
 			role := roleOf(p, leaf, opts)
@@ -394,6 +424,10 @@ func diagnoseUnknownAuthority(leaf, cert *x509.Certificate, cause error, opts *V
 					problem = newError(CodeNotACA, "import the real issuing CA; a certificate without CA:TRUE (and keyCertSign) cannot issue others", cause,
 						"certificate %s was signed by %s %s, which is not a CA", certName(cert), role, certName(p))
 				}
+				continue
+			}
+			if below := len(followed) - 1; p.BasicConstraintsValid && (p.MaxPathLen > 0 || p.MaxPathLenZero) && below > p.MaxPathLen {
+				problem = pathLenError(p, role, leaf, below, cause)
 				continue
 			}
 			if opts.Time.Before(p.NotBefore) || opts.Time.After(p.NotAfter) {
@@ -417,12 +451,15 @@ func diagnoseUnknownAuthority(leaf, cert *x509.Certificate, cause error, opts *V
 			continue
 		}
 		if len(sameName) > 0 {
-			return newError(CodeUnknownAuthority,
-				fmt.Sprintf("the CA %s was probably re-keyed, or another CA has the same name: import the CA certificate whose key signed this one (its Subject Key Identifier must equal the certificate's Authority Key Identifier %x)", quoteName(cert.Issuer.String()), cert.AuthorityKeyId),
-				cause, "certificate %s names %s as its issuer, but no CA of that name%s has the key that signed it",
+			hint := fmt.Sprintf("the CA %s was probably re-keyed, or another CA has the same name: import the CA certificate whose key signed this one", quoteName(cert.Issuer.String()))
+			if len(cert.AuthorityKeyId) > 0 {
+				hint += fmt.Sprintf(" (its Subject Key Identifier is %x, the certificate's Authority Key Identifier)", cert.AuthorityKeyId)
+			}
+			return newError(CodeUnknownAuthority, hint, cause,
+				"certificate %s names %s as its issuer, but no CA of that name has the key that signed it%s",
 				certName(cert), quoteName(cert.Issuer.String()), followedText(followed))
 		}
-		if isSelfSigned(cert) {
+		if budget.issuedBy(cert, cert) {
 			return newError(CodeUnknownAuthority,
 				"if you trust it, import it as a CA (with --allow-leaf-anchor when it is not a CA certificate); otherwise have the peer use a certificate from a trusted CA",
 				cause, "certificate %s is self-signed and is not among the trusted CAs%s", certName(cert), followedText(followed))
@@ -437,6 +474,44 @@ func diagnoseUnknownAuthority(leaf, cert *x509.Certificate, cause error, opts *V
 	}
 	return newError(CodeUnknownAuthority, "check the chain with `openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem`", cause,
 		"certificate %s does not chain to a trusted CA", certName(leaf))
+}
+
+const hintPathLen = "use a chain that respects the CA's pathLenConstraint, or have the CA reissued without it"
+
+func pathLenError(ca *x509.Certificate, role string, leaf *x509.Certificate, below int, cause error) *Error {
+	return newError(CodePathLength, hintPathLen, cause,
+		"%s %s allows at most %d intermediate CAs below it (pathLenConstraint), but the chain of %s has %d",
+		role, certName(ca), ca.MaxPathLen, certName(leaf), below)
+}
+
+// pathTo finds how leaf chains up to ca through intermediates, by names and
+// signatures: leaf first, ca last. It returns nil when it finds no path.
+func pathTo(leaf, ca *x509.Certificate, intermediates []*x509.Certificate) []*x509.Certificate {
+	budget := &diagnosisBudget{left: maxDiagnosisSignatureChecks}
+	visited := map[*x509.Certificate]bool{}
+	var walk func(cur *x509.Certificate, path []*x509.Certificate) []*x509.Certificate
+	walk = func(cur *x509.Certificate, path []*x509.Certificate) []*x509.Certificate {
+		path = append(path, cur)
+		if cur.Equal(ca) {
+			return path
+		}
+		if len(path) > 8 {
+			return nil
+		}
+		if budget.issuedBy(cur, ca) {
+			return append(path, ca)
+		}
+		for _, c := range intermediates {
+			if c != nil && !visited[c] && !slices.ContainsFunc(path, c.Equal) && budget.issuedBy(cur, c) {
+				visited[c] = true
+				if found := walk(c, path); found != nil {
+					return found
+				}
+			}
+		}
+		return nil
+	}
+	return walk(leaf, nil)
 }
 
 func followedText(followed []*x509.Certificate) string {

@@ -154,6 +154,10 @@ openssl pkcs12 -export -in client.pem -inkey client.key -passout pass:$P12PASS -
 openssl crl2pkcs7 -nocrl -certfile client.pem -certfile inter.pem -certfile root.pem -out "$OUT/chain.p7b.pem"
 openssl crl2pkcs7 -nocrl -certfile client.pem -certfile inter.pem -certfile root.pem -outform DER -out "$OUT/chain.p7b"
 sed 's/PKCS7/CERTIFICATE/' "$OUT/chain.p7b.pem" >"$OUT/chain-p7-in-certificate-block.pem"
+# A streamed (BER, indefinite-length) CMS signed message carrying the chain.
+echo "signed by the client" >msg.txt
+openssl cms -sign -in msg.txt -signer client.pem -inkey client.key -certfile inter.pem -stream -nodetach \
+	-outform DER -out "$OUT/signed-ber.p7m"
 
 # --- CSR ---------------------------------------------------------------------
 openssl req -new -key client.key -subj "/CN=client.trustflow.test/O=Trustflow Tests" \
@@ -174,6 +178,7 @@ EOF
 mkdir -p ca/newcerts
 : >ca/index.txt
 echo 1000 >ca/crlnumber
+openssl rand -hex 16 | sed 's/^./7/' >ca/serial # its own serial sequence
 cat >ca.cnf <<EOF
 [ca]
 default_ca = test
@@ -183,7 +188,7 @@ database = \$dir/index.txt
 new_certs_dir = \$dir/newcerts
 certificate = $WORK/inter.pem
 private_key = $WORK/inter.key
-serial = $WORK/inter.srl
+serial = \$dir/serial
 crlnumber = \$dir/crlnumber
 default_md = sha256
 default_days = $DAYS
@@ -265,3 +270,43 @@ openssl base64 -in client.der -out "$OUT/client-base64-no-armour.txt"
 	printf 'sha256/%s\n' "$(openssl x509 -in client.pem -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -binary | openssl base64 -A)"
 	openssl x509 -in client.pem -noout -serial | sed 's/.*=//' | tr 'A-F' 'a-f' | sed 's/^0*//'
 } >"$OUT/client-openssl-summary.txt"
+
+# --- seed corpora of the fuzz targets (go test fuzz v1 files) -------------------
+python3 - "$OUT" <<'PYEOF'
+import hashlib, os, sys
+
+out = sys.argv[1]
+
+def lit(b):
+    s = "".join(chr(c) if 0x20 <= c < 0x7f and c not in (0x22, 0x5c) else "\\x%02x" % c for c in b)
+    return '"' + s + '"'
+
+def seed(target, name, *values):
+    d = os.path.join(out, "fuzz", target)
+    os.makedirs(d, exist_ok=True)
+    lines = ["go test fuzz v1"]
+    for v in values:
+        lines.append(("[]byte(%s)" if isinstance(v, bytes) else "string(%s)") % lit(v if isinstance(v, bytes) else v.encode()))
+    with open(os.path.join(d, name), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+def data(name):
+    with open(os.path.join(out, name), "rb") as f:
+        return f.read()
+
+bad = ["garbage.pem", "garbage.txt", "truncated.der", "truncated.pem", "client-base64-no-armour.txt",
+       "key-does-not-match-cert.pem", "ca-without-basic-constraints.pem", "leaf-used-as-ca.pem",
+       "csr-bad-signature.pem", "openssh-key.pem"]
+for n in bad + ["client-chain.pem", "chain.p7b", "chain-p7-in-certificate-block.pem", "trusted-certificate.pem"]:
+    seed("FuzzParseCertificates", n, data(n))
+for n in bad + ["client-key-pkcs8-aes256.pem", "client-key-sec1-with-params.pem", "client-key-legacy-encrypted.pem",
+                "client-key-pkcs8-des3.pem", "x25519-key.pem"]:
+    seed("FuzzParsePrivateKey", n, data(n), b"trustflow-key-pass")
+for n in bad + ["client-legacy-rc2.p12", "client-modern.p12", "certs-only.p12", "pbmac1-rfc9579-a1.p12"]:
+    seed("FuzzParsePKCS12", n, data(n), "trustflow-p12-pass")
+for n in bad + ["client.csr", "client.csr.der"]:
+    seed("FuzzParseCSR", n, data(n))
+for i, s in enumerate(["CN=svc,O=Acme\\, Inc.,OU=IT,C=US", "CN=\\", "C=USA", "CN=a+CN=b", "/CN=a/O=b",
+                       "CN=svc,1.2.3.4.5=x", "CN=#00", "CN=\\ff\\fe"]):
+    seed("FuzzParseSubject", "seed-%d" % i, s)
+PYEOF
