@@ -81,7 +81,13 @@ func (k *kekFiles) rotate(ctx context.Context, actor audit.Actor) (truststore.Re
 	}
 	current := k.trust.Keyring()
 	res, err := k.trust.Rewrap(ctx, actor, seal.NewKeyring(next, current.KEKs()...), next)
-	if err != nil {
+	var incomplete *truststore.RewrapIncompleteError
+	switch {
+	case errors.As(err, &incomplete):
+		// Keys are already sealed under the new KEK: keep FILE.next so that
+		// the next start (or rotation) finishes the job.
+		return truststore.RewrapResult{}, fmt.Errorf("app: rotate kek: %w (the new key is kept in %s; the rotation finishes at the next start)", err, nextPath(k.path))
+	case err != nil:
 		if rmErr := os.Remove(nextPath(k.path)); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}

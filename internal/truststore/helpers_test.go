@@ -163,7 +163,7 @@ func auditAll(t testing.TB, log *audit.Log) []audit.Record {
 	}
 }
 
-// lastAudit returns the newest audit record, and checks it was made by actor.
+// lastAudit returns the newest audit record and checks its action.
 func lastAudit(t testing.TB, log *audit.Log, action string) audit.Record {
 	t.Helper()
 	recs, err := log.List(context.Background(), audit.Filter{Limit: 1})

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -293,7 +294,7 @@ func TestCreateAndInstall(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, shown)
 		rec = lastAudit(t, e.audit, "identity.install_cert")
-		require.Equal(t, true, *details[identityAudit](t, rec).Activated)
+		require.True(t, *details[identityAudit](t, rec).Activated)
 
 		ac, err := e.svc.Active(ctx, "payments")
 		require.NoError(t, err)
@@ -443,7 +444,7 @@ func TestRotateActivatePrune(t *testing.T) {
 		ident, err = e.svc.InstallCertificate(ctx, alice, truststore.InstallRequest{Name: "payments", Cert: signed})
 		require.NoError(t, err)
 		require.Equal(t, map[int]string{2: "active", 4: "staged", 5: "staged"}, statuses(ident))
-		require.Equal(t, false, *details[identityAudit](t, lastAudit(t, e.audit, "identity.install_cert")).Activated)
+		require.False(t, *details[identityAudit](t, lastAudit(t, e.audit, "identity.install_cert")).Activated)
 		requireStatuses(map[int]string{2: "active", 4: "staged", 5: "staged"}, 2, s2)
 		_, err = e.svc.Activate(ctx, alice, "payments", 5)
 		require.NoError(t, err)
@@ -653,9 +654,10 @@ func TestActiveDuringRotations(t *testing.T) {
 		e.importLeaf(t, "payments", leaves[0])
 
 		stop := make(chan struct{})
-		errs := make(chan error, 4)
+		// One handshake loop: with two cores, more would starve the database.
+		errs := make(chan error, 1)
 		var wg sync.WaitGroup
-		for range 4 {
+		for range 1 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -676,6 +678,7 @@ func TestActiveDuringRotations(t *testing.T) {
 						errs <- err
 						return
 					}
+					runtime.Gosched()
 				}
 			}()
 		}
@@ -692,5 +695,45 @@ func TestActiveDuringRotations(t *testing.T) {
 		for err := range errs {
 			require.NoError(t, err)
 		}
+	})
+}
+
+func TestRotateRefusesAKnownCertificateAndNeverReusesVersions(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		v1, v2, v3 := e.client(t, "v1"), e.client(t, "v2"), e.client(t, "v3")
+		e.importLeaf(t, "payments", v1)
+		rotate := func(l *truststoretest.Leaf) (truststore.RotateResult, error) {
+			return e.svc.Rotate(ctx, alice, truststore.RotateRequest{Name: "payments", Material: truststore.Material{Cert: l.CertPEM(), Key: l.KeyPEM()}})
+		}
+		_, err := rotate(v2)
+		require.NoError(t, err)
+
+		head := auditHead(t, st)
+		for _, l := range []*truststoretest.Leaf{v1, v2} {
+			_, err = rotate(l)
+			ce := requireConflict(t, err, "already_present")
+			require.Contains(t, ce.Hint, "trustflow identity activate payments --version")
+		}
+		require.Equal(t, head, auditHead(t, st))
+
+		// v2 is rolled back and pruned: its number is not given out again.
+		_, err = e.svc.Activate(ctx, alice, "payments", 1)
+		require.NoError(t, err)
+		_, pruned, err := e.svc.Prune(ctx, alice, "payments")
+		require.NoError(t, err)
+		require.Equal(t, []int{2}, pruned)
+		res, err := rotate(v3)
+		require.NoError(t, err)
+		require.Equal(t, 3, res.Version)
+		require.Equal(t, map[int]string{1: "retired", 3: "active"}, statuses(res.Identity))
+		_, pruned, err = e.svc.Prune(ctx, alice, "payments")
+		require.NoError(t, err)
+		require.Equal(t, []int{1}, pruned)
+		res, err = e.svc.Rotate(ctx, alice, truststore.RotateRequest{Name: "payments", Generate: &truststore.GenerateSpec{Subject: "CN=v4"}})
+		require.NoError(t, err)
+		require.Equal(t, 4, res.Version)
 	})
 }

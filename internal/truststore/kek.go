@@ -28,10 +28,16 @@ func (s *Service) Rewrap(ctx context.Context, actor audit.Actor, keyring *seal.K
 		return RewrapResult{}, fmt.Errorf("truststore: rewrap: the new keyring's current KEK is %s, not %s", keyring.CurrentID(), to.ID())
 	}
 	previous := s.keyring.Swap(keyring)
+	committed := false
 	res := RewrapResult{FromKEKs: []string{}, ToKEK: to.ID()}
 	from := map[string]bool{}
 	for pass := 0; pass < 3; pass++ {
 		n := 0
+		if committed {
+			// Once the first pass committed, the rotation must finish even
+			// if the caller goes away.
+			ctx = context.WithoutCancel(ctx)
+		}
 		err := s.store.InTx(ctx, func(tx *store.Tx) error {
 			keys, err := tx.SealedKeys(ctx)
 			if err != nil {
@@ -84,11 +90,13 @@ func (s *Service) Rewrap(ctx context.Context, actor audit.Actor, keyring *seal.K
 			return err
 		})
 		if err != nil {
-			if pass == 0 {
+			if !committed {
 				s.keyring.Store(previous)
+				return RewrapResult{}, err
 			}
-			return RewrapResult{}, err
+			return res, &RewrapIncompleteError{Err: err}
 		}
+		committed = true
 		res.Keys += n
 		if n == 0 {
 			break
@@ -96,3 +104,16 @@ func (s *Service) Rewrap(ctx context.Context, actor audit.Actor, keyring *seal.K
 	}
 	return res, nil
 }
+
+// RewrapIncompleteError means a rotation's first pass committed (keys are
+// now sealed under the new KEK) but a later pass, catching keys sealed
+// concurrently under an old KEK, failed: the new KEK must be kept, and the
+// rotation finished later with a keyring holding both.
+type RewrapIncompleteError struct{ Err error }
+
+func (e *RewrapIncompleteError) Error() string {
+	return "truststore: key rotation committed but not finished: " + e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *RewrapIncompleteError) Unwrap() error { return e.Err }
