@@ -17,6 +17,9 @@ type Error struct {
 	Message string
 	Hint    string
 	Cause   error
+	// Problems lists every problem of a flow document or a run's input,
+	// each with file, line, column, path, message and hint.
+	Problems []map[string]any
 }
 
 func (e *Error) Error() string {
@@ -35,10 +38,11 @@ type errorBody struct {
 }
 
 type errorDetail struct {
-	Code      string `json:"code"`
-	Message   string `json:"message"`
-	Hint      string `json:"hint,omitempty"`
-	RequestID string `json:"request_id,omitempty"`
+	Code      string           `json:"code"`
+	Message   string           `json:"message"`
+	Hint      string           `json:"hint,omitempty"`
+	RequestID string           `json:"request_id,omitempty"`
+	Problems  []map[string]any `json:"problems,omitempty"`
 }
 
 // Constructors for the common cases.

@@ -20,6 +20,8 @@ import (
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -95,7 +97,15 @@ func newEnv(t testing.TB, st *store.Store, cfg api.Config) *env {
 	e.connectors, err = connector.New(connector.Config{Store: st, Audit: e.audit, Trust: e.trust, Clock: e.clock, Logger: logger})
 	require.NoError(t, err)
 	e.trust.SetInUse(e.connectors.InUse)
+	prober, err := probe.New(probe.Config{Trust: e.trust, Audit: e.audit, Clock: e.clock})
+	require.NoError(t, err)
+	eng, err := engine.New(context.Background(), engine.Config{Store: st, Audit: e.audit, Connectors: e.connectors, Trust: e.trust, Clock: e.clock, Logger: logger})
+	require.NoError(t, err)
 	cfg.Store, cfg.Auth, cfg.Audit, cfg.Trust, cfg.Connectors = st, e.auth, e.audit, e.trust, e.connectors
+	if cfg.Probe == nil {
+		cfg.Probe = prober
+	}
+	cfg.Engine = eng
 	cfg.Logger = logger
 	e.server = api.New(cfg)
 	return e

@@ -47,6 +47,7 @@ var (
 	adminOnly    = []auth.Role{auth.RoleAdmin}
 	trustReaders = []auth.Role{auth.RoleAdmin, auth.RoleEditor, auth.RoleAuditor}
 	editors      = []auth.Role{auth.RoleAdmin, auth.RoleEditor}
+	runners      = []auth.Role{auth.RoleAdmin, auth.RoleEditor, auth.RoleOperator}
 )
 
 // at requests a fixed path instead of the route's pattern.
@@ -110,6 +111,20 @@ var scenarios = map[string]scenario{
 		path: at("/api/v1/connectors/missing/test"), body: `{}`, status: http.StatusNotFound},
 	"POST /api/v1/connectors/{name}/call": {perm: auth.PermConnectorsUse, roles: editors,
 		path: at("/api/v1/connectors/missing/call"), body: `{"method":"GET","path":"/"}`, status: http.StatusNotFound},
+	"POST /api/v1/probe": {perm: auth.PermConnectorsUse, roles: editors, body: `{}`, status: http.StatusBadRequest},
+
+	"POST /api/v1/flows":          {perm: auth.PermFlowsWrite, roles: editors, body: `{"documents":[]}`, status: http.StatusBadRequest},
+	"GET /api/v1/flows":           {perm: auth.PermFlowsRead, roles: everyone, status: http.StatusOK},
+	"GET /api/v1/flows/{name}":    {perm: auth.PermFlowsRead, roles: everyone, path: at("/api/v1/flows/missing"), status: http.StatusNotFound},
+	"DELETE /api/v1/flows/{name}": {perm: auth.PermFlowsWrite, roles: editors, path: at("/api/v1/flows/missing"), status: http.StatusNotFound},
+	"GET /api/v1/flows/{name}/webhook-secret": {perm: auth.PermFlowsWrite, roles: editors,
+		path: at("/api/v1/flows/missing/webhook-secret"), status: http.StatusNotFound},
+	"POST /api/v1/flows/{name}/runs": {perm: auth.PermRunsWrite, roles: runners, path: at("/api/v1/flows/missing/runs"), body: `{}`, status: http.StatusNotFound},
+	"GET /api/v1/runs":               {perm: auth.PermRunsRead, roles: everyone, status: http.StatusOK},
+	"GET /api/v1/runs/{id}":          {perm: auth.PermRunsRead, roles: everyone, path: at("/api/v1/runs/missing"), status: http.StatusNotFound},
+	"POST /api/v1/runs/{id}/cancel":  {perm: auth.PermRunsWrite, roles: runners, path: at("/api/v1/runs/missing/cancel"), status: http.StatusNotFound},
+	"POST /api/v1/runs/{id}/retry":   {perm: auth.PermRunsWrite, roles: runners, path: at("/api/v1/runs/missing/retry"), status: http.StatusNotFound},
+	"POST /hooks/{flow}":             {public: true, path: at("/hooks/missing"), status: http.StatusNotFound},
 }
 
 func routeKey(rt api.Route) string { return rt.Method + " " + rt.Path }

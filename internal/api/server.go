@@ -21,6 +21,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -51,6 +52,8 @@ type Config struct {
 	Connectors *connector.Service
 	// Probe runs endpoint probes; its route exists only when it is set.
 	Probe *probe.Prober
+	// Engine runs flows; its routes exist only when set.
+	Engine *engine.Engine
 }
 
 // Server is the HTTP API.
@@ -128,6 +131,7 @@ func (s *Server) buildRoutes() []Route {
 	rs = append(rs, s.truststoreRoutes()...)
 	rs = append(rs, s.connectorRoutes()...)
 	rs = append(rs, s.probeRoutes()...)
+	rs = append(rs, s.flowRoutes()...)
 	return rs
 }
 
@@ -300,7 +304,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else if e.Cause != nil {
 		s.log.Debug("request refused", "request_id", id, "code", e.Code, "err", e.Cause)
 	}
-	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: id}})
+	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: id, Problems: e.Problems}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -23,6 +23,8 @@ type Error struct {
 	Message   string `json:"message"`
 	Hint      string `json:"hint,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
+	// Problems lists each problem of a flow document or run input.
+	Problems []Problem `json:"problems,omitempty"`
 }
 
 func (e *Error) Error() string {

@@ -26,6 +26,7 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/config"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -52,6 +53,7 @@ type App struct {
 	Auth       *auth.Service
 	Trust      *truststore.Service
 	Connectors *connector.Service
+	Engine     *engine.Engine
 	API        *api.Server
 
 	// AdminToken is the admin token's secret when this start created it.
@@ -62,6 +64,8 @@ type App struct {
 	ln       net.Listener
 	serveErr chan error
 	stopped  bool
+
+	engineStarted bool
 }
 
 // FIPSHint says how to get a binary whose FIPS 140-3 module is enabled.
@@ -118,6 +122,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.Trust.SetInUse(a.Connectors.InUse)
+	a.Engine, err = engine.New(ctx, engine.Config{Store: st, Audit: a.Audit, Connectors: a.Connectors, Trust: a.Trust, Clock: opts.Clock,
+		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("app: engine: %w", err)
+	}
 	prober, err := probe.New(probe.Config{Trust: a.Trust, Audit: a.Audit, Clock: opts.Clock})
 	if err != nil {
 		st.Close()
@@ -150,7 +160,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.API = api.New(api.Config{
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
-		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober,
+		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
 	})
 	return a, nil
 }
@@ -186,6 +196,11 @@ func (a *App) Start(ctx context.Context) error {
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 		ln = tls.NewListener(ln, srv.TLSConfig)
 	}
+	if err := a.Engine.Start(ctx); err != nil {
+		ln.Close()
+		return fmt.Errorf("app: start workers: %w", err)
+	}
+	a.engineStarted = true
 	a.ln, a.srv = ln, srv
 	a.serveErr = make(chan error, 1)
 	go func() {
@@ -248,6 +263,13 @@ func (a *App) Stop() error {
 		if err := a.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("app: shutdown http: %w", err))
 		}
+	}
+	if a.engineStarted {
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		if err := a.Engine.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("app: stop workers: %w", err))
+		}
+		cancel()
 	}
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("app: close database: %w", err))

@@ -68,6 +68,16 @@ func Execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	var apiErr *apiclient.Error
 	if errors.As(err, &apiErr) {
+		if len(apiErr.Problems) > 1 {
+			fmt.Fprintf(stderr, "Error: %d problems; nothing was changed:\n", len(apiErr.Problems))
+			for _, p := range apiErr.Problems {
+				fmt.Fprintf(stderr, "  %s:%d:%d: %s: %s\n", p.File, p.Line, p.Column, p.Path, p.Message)
+				if p.Hint != "" {
+					fmt.Fprintf(stderr, "      hint: %s\n", p.Hint)
+				}
+			}
+			return 1
+		}
 		fmt.Fprintf(stderr, "Error: %s\n", apiErr.Message)
 		if apiErr.Hint != "" {
 			fmt.Fprintf(stderr, "Hint: %s\n", apiErr.Hint)
@@ -103,6 +113,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(newServeCmd(g), newTokenCmd(g), newAuditCmd(g), newVersionCmd(g))
 	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g))
+	root.AddCommand(newProbeCmd(g))
 	root.AddCommand(newConnectorCmd(g), newQuickstartCmd(g))
 	return root
 }

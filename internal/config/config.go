@@ -60,6 +60,15 @@ type Config struct {
 	MaxBodyBytes int64
 	// ShutdownTimeout bounds graceful shutdown. Defaults to 15s.
 	ShutdownTimeout time.Duration
+	// Workers is how many runs this node advances at once. Defaults to 16.
+	Workers int
+	// JobTimeout bounds one advance of a run (the engine yields long
+	// before). Defaults to 5m.
+	JobTimeout time.Duration
+	// RescueAfter is how long after a node died its runs resume on another
+	// (or the restarted) node. Must exceed JobTimeout. Defaults to
+	// JobTimeout + 1m.
+	RescueAfter time.Duration
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -82,6 +91,15 @@ func (c Config) WithDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownAfter
 	}
+	if c.Workers == 0 {
+		c.Workers = 16
+	}
+	if c.JobTimeout == 0 {
+		c.JobTimeout = 5 * time.Minute
+	}
+	if c.RescueAfter == 0 {
+		c.RescueAfter = c.JobTimeout + time.Minute
+	}
 	return c
 }
 
@@ -96,6 +114,12 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key: give both to serve HTTPS, or neither"))
+	}
+	if c.RescueAfter <= c.JobTimeout {
+		errs = append(errs, fmt.Errorf("--rescue-after %s: must exceed --job-timeout %s, or live runs would be rescued while they run", c.RescueAfter, c.JobTimeout))
+	}
+	if c.Workers < 1 || c.Workers > 1024 {
+		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1024", c.Workers))
 	}
 	if c.MaxBodyBytes < 0 {
 		errs = append(errs, errors.New("max body bytes: must be positive"))

@@ -416,3 +416,30 @@ func (s *Store) Steps(ctx context.Context, runID string) ([]Step, error) {
 	}
 	return out, rows.Err()
 }
+
+// DeleteStepsWithPrefix removes a run's checkpoints whose path starts with
+// prefix.
+func (t *Tx) DeleteStepsWithPrefix(ctx context.Context, runID, prefix string) error {
+	if _, err := t.tx.ExecContext(ctx, "DELETE FROM run_steps WHERE run_id = $1 AND substr(path, 1, $2) = $3", runID, len(prefix), prefix); err != nil {
+		return fmt.Errorf("store: forget steps of %s: %w", runID, mapErr(err))
+	}
+	return nil
+}
+
+// FlowsWithTrigger names the flows whose trigger is the event.
+func (s *Store) FlowsWithTrigger(ctx context.Context, trigger string) ([]string, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT name FROM flows WHERE trigger_kind = $1 ORDER BY name", trigger)
+	if err != nil {
+		return nil, fmt.Errorf("store: flows triggered by %s: %w", trigger, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("store: flows triggered by %s: %w", trigger, err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,309 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/flow"
+)
+
+// ApplyRequest is the body of POST /api/v1/flows: one or more documents,
+// all validated before any is stored.
+type ApplyRequest struct {
+	Documents []engine.Source `json:"documents"`
+}
+
+// RunRequest is the body of POST /api/v1/flows/{name}/runs.
+type RunRequest struct {
+	Input map[string]any `json:"input,omitempty"`
+}
+
+func (s *Server) flowRoutes() []Route {
+	if s.cfg.Engine == nil {
+		return nil
+	}
+	runFilters := []Param{{Name: "flow", Desc: "flow name"}, {Name: "status", Desc: "queued, running, sleeping, succeeded, failed or cancelled"},
+		{Name: "since", Desc: "RFC 3339, created at or after"}, {Name: "until", Desc: "RFC 3339, created before"}, {Name: "limit", Desc: "1-1000 (default 100)"}}
+	return []Route{
+		{Method: "POST", Path: "/api/v1/flows", Perm: auth.PermFlowsWrite, handler: s.applyFlows,
+			Doc: Operation{Summary: "Apply flow documents (YAML or JSON): all validated, then stored as new versions when changed", Tag: "flows", Request: schemaRef("ApplyRequest"), Response: listOf("flows", "AppliedFlow")}},
+		{Method: "GET", Path: "/api/v1/flows", Perm: auth.PermFlowsRead, handler: s.listFlows,
+			Doc: Operation{Summary: "List flows", Tag: "flows", Response: listOf("flows", "Flow")}},
+		{Method: "GET", Path: "/api/v1/flows/{name}", Perm: auth.PermFlowsRead, handler: s.getFlow,
+			Doc: Operation{Summary: "Show a flow: current document, trigger, inputs and versions", Tag: "flows", Response: schemaRef("Flow")}},
+		{Method: "DELETE", Path: "/api/v1/flows/{name}", Perm: auth.PermFlowsWrite, handler: s.removeFlow,
+			Doc: Operation{Summary: "Remove a flow (its runs are kept)", Tag: "flows", Status: 204}},
+		{Method: "GET", Path: "/api/v1/flows/{name}/webhook-secret", Perm: auth.PermFlowsWrite, handler: s.webhookSecret,
+			Doc: Operation{Summary: "The HMAC secret of a flow's webhook (reading it is audited)", Tag: "flows", Response: obj([]string{"secret"}, map[string]any{"secret": str})}},
+		{Method: "POST", Path: "/api/v1/flows/{name}/runs", Perm: auth.PermRunsWrite, handler: s.startRun,
+			Doc: Operation{Summary: "Start a run; ?wait=30s waits for it to end", Tag: "runs", Request: schemaRef("RunRequest"), Response: schemaRef("Run"), Status: 202,
+				Query: []Param{{Name: "wait", Desc: "Go duration to wait for the run to end (at most 5m)"}}}},
+		{Method: "GET", Path: "/api/v1/runs", Perm: auth.PermRunsRead, handler: s.listRuns,
+			Doc: Operation{Summary: "List runs, newest first", Tag: "runs", Response: listOf("runs", "Run"), Query: runFilters}},
+		{Method: "GET", Path: "/api/v1/runs/{id}", Perm: auth.PermRunsRead, handler: s.getRun,
+			Doc: Operation{Summary: "Show a run with every step: status, attempts, output, evidence, error, timings", Tag: "runs", Response: schemaRef("Run")}},
+		{Method: "POST", Path: "/api/v1/runs/{id}/cancel", Perm: auth.PermRunsWrite, handler: s.cancelRun,
+			Doc: Operation{Summary: "Cancel a run", Tag: "runs", Response: schemaRef("Run"), Errors: []int{409}}},
+		{Method: "POST", Path: "/api/v1/runs/{id}/retry", Perm: auth.PermRunsWrite, handler: s.retryRun,
+			Doc: Operation{Summary: "Restart a failed run from its failed step", Tag: "runs", Response: schemaRef("Run"), Errors: []int{409}}},
+		{Method: "POST", Path: "/hooks/{flow}", Public: true, handler: s.webhook,
+			Doc: Operation{Summary: "Start a run of a flow with a webhook trigger: bearer token (operator) or X-Trustflow-Signature: sha256=<HMAC of the body>; the JSON body is the input", Tag: "runs",
+				Request: map[string]any{"type": "object"}, Response: schemaRef("Run"), Status: 202, Errors: []int{400, 401, 404, 413}, NoAuth: true,
+				Query: []Param{{Name: "wait", Desc: "Go duration to wait for the run's output (at most 5m)"}}}},
+	}
+}
+
+func problemsError(ps []flow.Problem, code, msg string) *Error {
+	out := make([]map[string]any, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, map[string]any{"file": p.File, "line": p.Line, "column": p.Column, "path": p.Path, "message": p.Message, "hint": p.Hint})
+	}
+	hint := ""
+	if len(ps) > 0 {
+		hint = ps[0].Hint
+	}
+	return &Error{Status: http.StatusBadRequest, Code: code, Message: msg, Hint: hint, Problems: out}
+}
+
+func engineError(err error) error {
+	var ae *engine.ApplyError
+	var ie *engine.InputError
+	var nf *engine.NotFoundError
+	var ce *engine.ConflictError
+	switch {
+	case errors.As(err, &ae):
+		msg := fmt.Sprintf("%d problem(s) in the flow documents; nothing was stored", len(ae.Problems))
+		if len(ae.Problems) > 0 {
+			msg = ae.Problems[0].String()
+			if len(ae.Problems) > 1 {
+				msg += fmt.Sprintf(" (and %d more; nothing was stored)", len(ae.Problems)-1)
+			}
+		}
+		return problemsError(ae.Problems, "invalid_flow", msg)
+	case errors.As(err, &ie):
+		return problemsError(ie.Problems, "invalid_input", ie.Error())
+	case errors.As(err, &nf):
+		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name), Hint: "see `trustflow " + nf.Kind + " list`", Cause: err}
+	case errors.As(err, &ce):
+		return &Error{Status: http.StatusConflict, Code: ce.Code, Message: ce.Message, Hint: ce.Hint, Cause: err}
+	}
+	return connectorError(err)
+}
+
+func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
+	var req ApplyRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	applied, err := s.cfg.Engine.Apply(r.Context(), actor(r), req.Documents)
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"flows": applied})
+	return nil
+}
+
+func (s *Server) listFlows(w http.ResponseWriter, r *http.Request) error {
+	fs, err := s.cfg.Engine.ListFlows(r.Context())
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"flows": fs})
+	return nil
+}
+
+func (s *Server) getFlow(w http.ResponseWriter, r *http.Request) error {
+	f, err := s.cfg.Engine.GetFlow(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, f)
+	return nil
+}
+
+func (s *Server) removeFlow(w http.ResponseWriter, r *http.Request) error {
+	if err := s.cfg.Engine.RemoveFlow(r.Context(), actor(r), r.PathValue("name")); err != nil {
+		return engineError(err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) webhookSecret(w http.ResponseWriter, r *http.Request) error {
+	secret, err := s.cfg.Engine.WebhookSecret(r.Context(), actor(r), r.PathValue("name"))
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"secret": secret})
+	return nil
+}
+
+func parseWait(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > 5*time.Minute {
+		return 0, invalidField("wait", fmt.Sprintf("%q is not a duration up to 5m", v), "use e.g. wait=30s")
+	}
+	return d, nil
+}
+
+func (s *Server) startAndAnswer(w http.ResponseWriter, r *http.Request, req engine.StartRequest, wait time.Duration) error {
+	run, err := s.cfg.Engine.StartRun(r.Context(), req)
+	if err != nil {
+		return engineError(err)
+	}
+	status := http.StatusAccepted
+	if wait > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		defer cancel()
+		done, err := s.cfg.Engine.Wait(ctx, run.ID)
+		if err != nil {
+			return engineError(err)
+		}
+		run = done
+		if done.Status == engine.StatusSucceeded || done.Status == engine.StatusFailed || done.Status == engine.StatusCancelled {
+			status = http.StatusOK
+		}
+	}
+	writeJSON(w, status, run)
+	return nil
+}
+
+func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
+	wait, err := parseWait(r)
+	if err != nil {
+		return err
+	}
+	var req RunRequest
+	if r.ContentLength != 0 {
+		if err := decodeJSON(r, &req); err != nil {
+			return err
+		}
+	}
+	return s.startAndAnswer(w, r, engine.StartRequest{Flow: r.PathValue("name"), Input: req.Input, Trigger: "manual", Actor: actor(r)}, wait)
+}
+
+func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := engine.RunFilter{Flow: q.Get("flow"), Status: q.Get("status")}
+	for _, tf := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &f.Since}, {"until", &f.Until}} {
+		if v := q.Get(tf.name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return invalidField(tf.name, "not an RFC 3339 time", "use e.g. 2026-01-31T00:00:00Z")
+			}
+			*tf.dst = t
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return invalidField("limit", "must be an integer from 1 to 1000", "use e.g. limit=100")
+		}
+		f.Limit = n
+	}
+	runs, err := s.cfg.Engine.ListRuns(r.Context(), f)
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"runs": runs})
+	return nil
+}
+
+func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.cfg.Engine.GetRun(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, run)
+	return nil
+}
+
+func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.cfg.Engine.Cancel(r.Context(), actor(r), r.PathValue("id"))
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, run)
+	return nil
+}
+
+func (s *Server) retryRun(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.cfg.Engine.Retry(r.Context(), actor(r), r.PathValue("id"))
+	if err != nil {
+		return engineError(err)
+	}
+	writeJSON(w, http.StatusOK, run)
+	return nil
+}
+
+// webhook starts a run of a flow whose trigger is a webhook. It takes a
+// bearer token with the operator permission, or (for hmac webhooks) the
+// body's HMAC-SHA256 under the flow's secret; refusals are audited.
+func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("flow")
+	wait, err := parseWait(r)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return err
+	}
+	mode, err := s.cfg.Engine.WebhookAuth(r.Context(), name)
+	if err != nil {
+		return engineError(err)
+	}
+	if mode == "" {
+		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", name), Hint: "set trigger: {webhook: {auth: token}} in the flow"}
+	}
+	rt := Route{Method: "POST", Path: "/hooks/{flow}", Perm: auth.PermRunsWrite}
+	var who audit.Actor
+	if sig := r.Header.Get("X-Trustflow-Signature"); sig != "" && mode == "hmac" {
+		ok, err := s.cfg.Engine.VerifyWebhookSignature(r.Context(), name, body, sig)
+		if err != nil {
+			return engineError(err)
+		}
+		if !ok {
+			s.deny(r, rt, audit.Actor{ID: "webhook", Name: "webhook:" + name}, "bad signature", nil)
+			return &Error{Status: http.StatusUnauthorized, Code: "bad_signature", Message: "the X-Trustflow-Signature does not match the body",
+				Hint: "sign the exact body: sha256=<hex HMAC-SHA256 with the flow's webhook secret>"}
+		}
+		who = audit.Actor{ID: "webhook", Name: "webhook:" + name, Role: "webhook"}
+	} else {
+		p, err := s.authenticate(r)
+		if err != nil {
+			s.deny(r, rt, audit.Actor{ID: "anonymous", Name: "anonymous"}, "unauthenticated", err)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trustflow"`)
+			return errUnauthenticated(err)
+		}
+		if !p.Role.Can(auth.PermRunsWrite) {
+			s.deny(r, rt, auth.ActorOf(p), "forbidden", nil)
+			return &Error{Status: http.StatusForbidden, Code: "forbidden", Message: "role " + string(p.Role) + " may not start runs", Hint: "use a token with role operator, editor or admin"}
+		}
+		who = auth.ActorOf(p)
+	}
+	var input map[string]any
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err := json.Unmarshal(body, &input); err != nil {
+			return badRequest("invalid_json", "the webhook body must be a JSON object: "+err.Error(), "send the run's input as a JSON object")
+		}
+	}
+	return s.startAndAnswer(w, r, engine.StartRequest{Flow: name, Input: input, Trigger: "webhook", Actor: who}, wait)
+}

@@ -1,0 +1,194 @@
+// Package engine owns runs: applying flow documents (every version kept),
+// starting runs (the run, its audit record and its queue job in one
+// transaction), the executor that advances a run step by step with a
+// checkpoint after every step, durable sleeps and retry backoff (the job is
+// snoozed), cancellation, retry from the failed step, sub-flows, and the
+// triggers that start runs (API, webhook, event).
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/flow"
+	"github.com/trustflow/trustflow/internal/queue"
+	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/truststore"
+)
+
+// Run statuses.
+const (
+	StatusQueued    = "queued"
+	StatusRunning   = "running"
+	StatusSleeping  = "sleeping"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusCancelled = "cancelled"
+)
+
+// Step statuses.
+const (
+	StepPending   = "pending"
+	StepRunning   = "running"
+	StepSucceeded = "succeeded"
+	StepFailed    = "failed"
+	StepSkipped   = "skipped"
+	StepCancelled = "cancelled"
+)
+
+func terminal(status string) bool {
+	return status == StatusSucceeded || status == StatusFailed || status == StatusCancelled
+}
+
+// Config configures the engine. Store, Audit, Connectors and Trust are
+// required.
+type Config struct {
+	Store      *store.Store
+	Audit      *audit.Log
+	Connectors *connector.Service
+	Trust      *truststore.Service
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Workers is how many runs this node advances at once. Defaults to 16.
+	Workers int
+	// PollInterval is how often idle workers look for due runs. Defaults to 50ms.
+	PollInterval time.Duration
+	// JobTimeout bounds one advance of a run; the executor yields after
+	// Budget, well before it. Defaults to 5m.
+	JobTimeout time.Duration
+	// RescueAfter is how long after a node died its runs are picked up by
+	// another (or the restarted) node. Defaults to JobTimeout + 1m.
+	RescueAfter time.Duration
+	// Budget is how long one advance runs steps before it yields the
+	// worker (the run continues at once). Defaults to 10s.
+	Budget time.Duration
+	// Node names this process in run leases. Defaults to a random id.
+	Node string
+}
+
+// Engine runs flows.
+type Engine struct {
+	cfg   Config
+	st    *store.Store
+	audit *audit.Log
+	conns *connector.Service
+	trust *truststore.Service
+	clock clock.Clock
+	log   *slog.Logger
+	q     *queue.Queue
+
+	mu   sync.Mutex
+	docs map[string]*flow.Document // "name@version" -> parsed document
+
+	waitMu  sync.Mutex
+	waiters map[string][]chan struct{}
+}
+
+// New builds the engine and its queue (migrating the queue's tables).
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	if cfg.Store == nil || cfg.Audit == nil || cfg.Connectors == nil || cfg.Trust == nil {
+		return nil, errors.New("engine: Store, Audit, Connectors and Trust are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.JobTimeout == 0 {
+		cfg.JobTimeout = 5 * time.Minute
+	}
+	if cfg.RescueAfter == 0 {
+		cfg.RescueAfter = cfg.JobTimeout + time.Minute
+	}
+	if cfg.Budget == 0 {
+		cfg.Budget = 10 * time.Second
+	}
+	if cfg.Budget > cfg.JobTimeout/2 {
+		cfg.Budget = cfg.JobTimeout / 2
+	}
+	if cfg.Node == "" {
+		id, err := newID("node_")
+		if err != nil {
+			return nil, err
+		}
+		cfg.Node = id
+	}
+	e := &Engine{cfg: cfg, st: cfg.Store, audit: cfg.Audit, conns: cfg.Connectors, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
+		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}}
+	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, Workers: cfg.Workers, PollInterval: cfg.PollInterval,
+		JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, Logger: cfg.Logger}, e.advance)
+	if err != nil {
+		return nil, err
+	}
+	e.q = q
+	return e, nil
+}
+
+// Start starts the workers.
+func (e *Engine) Start(ctx context.Context) error { return e.q.Start(ctx) }
+
+// Stop stops the workers; runs being advanced resume from their last
+// checkpoint on the next start (or on another node).
+func (e *Engine) Stop(ctx context.Context) error { return e.q.Stop(ctx) }
+
+func newID(prefix string) (string, error) {
+	b := make([]byte, 10)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("engine: generate id: %w", err)
+	}
+	return prefix + hex.EncodeToString(b), nil
+}
+
+// document returns the parsed document of a flow version, cached.
+func (e *Engine) document(ctx context.Context, name string, version int) (*flow.Document, error) {
+	key := fmt.Sprintf("%s@%d", name, version)
+	e.mu.Lock()
+	d := e.docs[key]
+	e.mu.Unlock()
+	if d != nil {
+		return d, nil
+	}
+	v, err := e.st.FlowVersion(ctx, name, version)
+	if err != nil {
+		return nil, err
+	}
+	d, err = flow.Parse(v.Filename, []byte(v.Source))
+	if err != nil {
+		return nil, fmt.Errorf("engine: stored flow %s version %d no longer parses: %w", name, version, err)
+	}
+	e.mu.Lock()
+	e.docs[key] = d
+	e.mu.Unlock()
+	return d, nil
+}
+
+// notify wakes those waiting for a run to end.
+func (e *Engine) notify(runID string) {
+	e.waitMu.Lock()
+	ws := e.waiters[runID]
+	delete(e.waiters, runID)
+	e.waitMu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+}
+
+func (e *Engine) subscribe(runID string) chan struct{} {
+	ch := make(chan struct{})
+	e.waitMu.Lock()
+	e.waiters[runID] = append(e.waiters[runID], ch)
+	e.waitMu.Unlock()
+	return ch
+}

@@ -1,0 +1,980 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/flow"
+	"github.com/trustflow/trustflow/internal/queue"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// onErrorPrefix starts the paths of on_error steps.
+const onErrorPrefix = "on_error."
+
+// maxStoredOutput bounds a step's stored result; larger results are kept
+// truncated with a flag saying so.
+const maxStoredOutput = 1 << 20
+
+// maxRetryAfter caps a server's Retry-After.
+const maxRetryAfter = time.Hour
+
+// advance is the queue's handler: it moves one run as far as it can go.
+func (e *Engine) advance(ctx context.Context, runID string) error {
+	now := e.clock.Now()
+	ok, err := e.st.AcquireRunLease(ctx, runID, e.cfg.Node, now, now.Add(e.cfg.JobTimeout+15*time.Second))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Another worker is advancing this run right now; it carries on.
+		return nil
+	}
+	defer func() {
+		if err := e.st.ReleaseRunLease(context.WithoutCancel(ctx), runID, e.cfg.Node); err != nil {
+			e.log.Warn("release run lease", "run", runID, "err", err)
+		}
+	}()
+	r, err := e.st.Run(ctx, runID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if terminal(r.Status) {
+		return nil
+	}
+	x, err := e.newExecution(ctx, r)
+	if err != nil {
+		return err
+	}
+	return x.advance(ctx)
+}
+
+// execution is one advance of one run.
+type execution struct {
+	e        *Engine
+	run      store.Run
+	doc      *flow.Document
+	input    map[string]any
+	secrets  []string
+	runInfo  map[string]any
+	actor    audit.Actor
+	deadline time.Time
+
+	mu  sync.Mutex
+	cps map[string]store.Step
+	seq int64
+}
+
+func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, error) {
+	doc, err := e.document(ctx, r.FlowName, r.FlowVersion)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := e.trust.OpenSecret(r.InputSealed, runAAD(r.ID))
+	if err != nil {
+		return nil, fmt.Errorf("engine: run %s: open its input: %w", r.ID, err)
+	}
+	var input map[string]any
+	err = json.Unmarshal(raw, &input)
+	clear(raw)
+	if err != nil {
+		return nil, fmt.Errorf("engine: run %s: decode its input: %w", r.ID, err)
+	}
+	steps, err := e.st.Steps(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	x := &execution{e: e, run: r, doc: doc, input: input, cps: map[string]store.Step{},
+		deadline: e.clock.Now().Add(e.cfg.Budget),
+		actor:    audit.Actor{ID: "run/" + r.ID, Name: r.FlowName, Role: "engine"}}
+	for _, s := range steps {
+		x.cps[s.Path] = s
+		if s.Seq > x.seq {
+			x.seq = s.Seq
+		}
+	}
+	for _, in := range doc.Inputs {
+		if s, ok := input[in.Name].(string); in.Secret && ok && len(s) >= 4 {
+			x.secrets = append(x.secrets, s)
+		}
+	}
+	started := r.CreatedAt
+	if r.StartedAt != nil {
+		started = *r.StartedAt
+	}
+	x.runInfo = map[string]any{"id": r.ID, "flow": r.FlowName, "version": int64(r.FlowVersion), "started_at": started.UTC().Format(time.RFC3339Nano)}
+	return x, nil
+}
+
+// outcome is what executing steps came to.
+type outcome struct {
+	// pause, when set, stops the advance; the run continues after it.
+	pause    *time.Duration
+	sleeping bool
+	failure  *RunError
+}
+
+func pauseFor(d time.Duration, sleeping bool) outcome { return outcome{pause: &d, sleeping: sleeping} }
+
+func (o outcome) done() bool { return o.pause == nil && o.failure == nil }
+
+// scope is what expressions in one place of the flow see.
+type scope struct {
+	steps map[string]any
+	vars  map[string]any
+	err   map[string]any
+}
+
+func (x *execution) flowScope(sc *scope) flow.Scope {
+	return flow.Scope{Input: x.input, Steps: sc.steps, Run: x.runInfo, Error: sc.err, Vars: sc.vars}
+}
+
+func (x *execution) advance(ctx context.Context) error {
+	r := x.run
+	now := x.e.clock.Now()
+	if r.CancelRequested {
+		return x.finish(ctx, StatusCancelled, nil, &RunError{Code: "cancelled", Message: "the run was cancelled"})
+	}
+	if r.Status == StatusQueued {
+		if limit := x.doc.Settings.Concurrency; limit > 0 {
+			n, err := x.e.st.CountRuns(ctx, r.FlowName, StatusRunning, StatusSleeping)
+			if err != nil {
+				return err
+			}
+			if n >= limit {
+				return queue.Snooze(time.Second)
+			}
+		}
+	}
+	if r.Status != StatusRunning {
+		if err := x.setStatus(ctx, StatusRunning); err != nil {
+			return err
+		}
+	}
+	if t := x.doc.Settings.Timeout; t > 0 && x.run.StartedAt != nil && now.Sub(*x.run.StartedAt) > t && x.run.Error == "" {
+		return x.fail(ctx, &RunError{Code: "run_timeout", Message: fmt.Sprintf("the run exceeded its timeout of %s", t), Hint: "raise settings.timeout, or find the slow step in the run's timeline"})
+	}
+	sc := &scope{steps: x.results(), vars: map[string]any{}}
+	if x.run.Error != "" {
+		// The run failed earlier: finish its on_error steps.
+		return x.onError(ctx, sc)
+	}
+	out := x.steps(ctx, x.doc.Steps, "", sc)
+	switch {
+	case out.failure != nil:
+		return x.fail(ctx, out.failure)
+	case out.pause != nil:
+		return x.pause(ctx, out)
+	}
+	var output any
+	if x.doc.Output != nil {
+		v, err := x.doc.Output.Eval(ctx, x.flowScope(sc))
+		if err != nil {
+			return x.fail(ctx, exprFailure("output", err))
+		}
+		output = v
+	}
+	return x.finish(ctx, StatusSucceeded, output, nil)
+}
+
+// results rebuilds steps.<id> from the checkpoints of top-level and
+// branch steps (loop iterations are not visible outside their loop).
+func (x *execution) results() map[string]any {
+	out := map[string]any{}
+	for path, cp := range x.cps {
+		if strings.Contains(path, "[") || !completed(cp) {
+			continue
+		}
+		out[cp.StepID] = x.result(cp)
+	}
+	return out
+}
+
+func completed(cp store.Step) bool {
+	return cp.Status == StepSucceeded || cp.Status == StepSkipped || (cp.Status == StepFailed && cp.State == `{"continued":true}`)
+}
+
+func (x *execution) result(cp store.Step) any {
+	v := decodeJSON(cp.Output)
+	if v == nil {
+		return map[string]any{}
+	}
+	return v
+}
+
+func (x *execution) checkpoint(path string) (store.Step, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cp, ok := x.cps[path]
+	return cp, ok
+}
+
+// save writes a step checkpoint, redacting secret inputs and bounding the
+// stored size.
+func (x *execution) save(ctx context.Context, cp store.Step) error {
+	x.mu.Lock()
+	x.seq++
+	cp.Seq = x.seq
+	x.mu.Unlock()
+	cp.RunID = x.run.ID
+	cp.Output = x.redact(cp.Output)
+	cp.Error = x.redact(cp.Error)
+	if len(cp.Output) > maxStoredOutput {
+		cp.Output = encode(map[string]any{"truncated": true, "size": len(cp.Output), "preview": cp.Output[:64<<10]})
+	}
+	if err := x.e.st.InTx(ctx, func(tx *store.Tx) error { return tx.PutStep(ctx, cp) }); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.cps[cp.Path] = cp
+	x.mu.Unlock()
+	return nil
+}
+
+func (x *execution) redact(s string) string {
+	for _, secret := range x.secrets {
+		b, _ := json.Marshal(secret) // a string always encodes
+		inner := string(b[1 : len(b)-1])
+		s = strings.ReplaceAll(s, inner, "[redacted]")
+	}
+	return s
+}
+
+func encode(v any) string {
+	if v == nil {
+		return ""
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprintf("%q", fmt.Sprint(v))
+	}
+	return string(b)
+}
+
+func exprFailure(where string, err error) *RunError {
+	return &RunError{Step: where, Code: "expression", Message: err.Error(), Hint: "check the expression against the run's data (`trustflow run show`)"}
+}
+
+func (x *execution) overBudget() bool { return x.e.clock.Now().After(x.deadline) }
+
+// steps runs a list of steps in order.
+func (x *execution) steps(ctx context.Context, list []*flow.Step, prefix string, sc *scope) outcome {
+	for _, s := range list {
+		if x.overBudget() {
+			return pauseFor(0, false)
+		}
+		if err := ctx.Err(); err != nil {
+			// The worker is stopping: resume from the last checkpoint.
+			return pauseFor(0, false)
+		}
+		out := x.step(ctx, s, prefix+s.ID, sc)
+		if !out.done() {
+			return out
+		}
+	}
+	return outcome{}
+}
+
+// step runs one step unless its checkpoint says it already completed.
+func (x *execution) step(ctx context.Context, s *flow.Step, path string, sc *scope) outcome {
+	cp, have := x.checkpoint(path)
+	if have && completed(cp) {
+		sc.steps[s.ID] = x.result(cp)
+		return outcome{}
+	}
+	if !have {
+		now := x.e.clock.Now()
+		cp = store.Step{Path: path, StepID: s.ID, Kind: s.Kind, Status: StepRunning, StartedAt: &now, State: "{}"}
+	}
+	if s.If != nil && s.Kind != flow.KindIf {
+		ok, err := s.If.EvalBool(ctx, x.flowScope(sc))
+		if err != nil {
+			return x.stepFailed(ctx, s, cp, sc, exprFailure(path, err), nil)
+		}
+		if !ok {
+			cp.Status, cp.Output = StepSkipped, `{"skipped":true}`
+			return x.completeStep(ctx, s, cp, sc)
+		}
+	}
+	switch s.Kind {
+	case flow.KindSet:
+		out := map[string]any{}
+		for _, k := range s.SetKeys {
+			v, err := s.Set[k].Eval(ctx, x.flowScope(sc))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".set."+k, err), nil)
+			}
+			out[k] = v
+		}
+		cp.Status, cp.Output = StepSucceeded, encode(out)
+		return x.completeStep(ctx, s, cp, sc)
+	case flow.KindFail:
+		msg, err := s.FailMessage.Eval(ctx, x.flowScope(sc))
+		if err != nil {
+			return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".fail", err), nil)
+		}
+		code := "fail"
+		if s.FailCode != nil {
+			c, err := s.FailCode.Eval(ctx, x.flowScope(sc))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".code", err), nil)
+			}
+			code = fmt.Sprint(c)
+		}
+		return x.stepFailed(ctx, s, cp, sc, &RunError{Step: path, Code: code, Message: fmt.Sprint(msg)}, nil)
+	case flow.KindSleep:
+		return x.sleep(ctx, s, cp, sc)
+	case flow.KindCall:
+		return x.call(ctx, s, cp, sc)
+	case flow.KindIf, flow.KindSwitch:
+		return x.branch(ctx, s, cp, sc)
+	case flow.KindForeach:
+		return x.foreach(ctx, s, cp, sc)
+	case flow.KindFlowRun:
+		return x.subflow(ctx, s, cp, sc)
+	}
+	return x.stepFailed(ctx, s, cp, sc, &RunError{Step: path, Code: "unknown_step", Message: "unknown step kind " + s.Kind}, nil)
+}
+
+// completeStep checkpoints a finished step and makes its result visible.
+func (x *execution) completeStep(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	now := x.e.clock.Now()
+	cp.FinishedAt = &now
+	cp.NextAttemptAt = nil
+	if cp.StartedAt != nil {
+		cp.DurationMS = now.Sub(*cp.StartedAt).Milliseconds()
+	}
+	if err := x.save(ctx, cp); err != nil {
+		return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+	}
+	sc.steps[s.ID] = x.result(cp)
+	return outcome{}
+}
+
+// stepFailed records a failed step: with continue_on_error the run goes on
+// and steps.<id>.error is set; otherwise the run fails.
+func (x *execution) stepFailed(ctx context.Context, s *flow.Step, cp store.Step, sc *scope, rerr *RunError, partial map[string]any) outcome {
+	if rerr.Step == "" {
+		rerr.Step = cp.Path
+	}
+	cp.Status = StepFailed
+	cp.Error = encode(rerr)
+	result := map[string]any{}
+	for k, v := range partial {
+		result[k] = v
+	}
+	errMap := map[string]any{"step": rerr.Step, "code": rerr.Code, "message": rerr.Message}
+	if rerr.Status != 0 {
+		errMap["status"] = int64(rerr.Status)
+	}
+	result["error"] = errMap
+	cp.Output = encode(result)
+	if s.ContinueOnError {
+		cp.State = `{"continued":true}`
+		return x.completeStep(ctx, s, cp, sc)
+	}
+	now := x.e.clock.Now()
+	cp.FinishedAt = &now
+	if cp.StartedAt != nil {
+		cp.DurationMS = now.Sub(*cp.StartedAt).Milliseconds()
+	}
+	if err := x.save(ctx, cp); err != nil {
+		return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+	}
+	return outcome{failure: rerr}
+}
+
+type stepState struct {
+	Until  string `json:"until,omitempty"`
+	Branch string `json:"branch,omitempty"`
+	Case   *int   `json:"case,omitempty"`
+	Items  []any  `json:"items,omitempty"`
+	Child  string `json:"child,omitempty"`
+	Looped bool   `json:"looped,omitempty"`
+}
+
+func readState(cp store.Step) stepState {
+	var st stepState
+	_ = json.Unmarshal([]byte(cp.State), &st) // written by encode: an unreadable state restarts the step
+	return st
+}
+
+func (x *execution) sleep(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	st := readState(cp)
+	now := x.e.clock.Now()
+	var until time.Time
+	if st.Until != "" {
+		t, err := time.Parse(time.RFC3339Nano, st.Until)
+		if err == nil {
+			until = t
+		}
+	}
+	if until.IsZero() {
+		if s.SleepUntil != nil {
+			v, err := s.SleepUntil.Eval(ctx, x.flowScope(sc))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".until", err), nil)
+			}
+			t, err := time.Parse(time.RFC3339Nano, fmt.Sprint(v))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("sleep until %v: not an RFC 3339 timestamp", v)}, nil)
+			}
+			until = t
+		} else {
+			until = now.Add(s.SleepFor)
+		}
+		cp.State = encode(stepState{Until: until.UTC().Format(time.RFC3339Nano)})
+		if err := x.save(ctx, cp); err != nil {
+			return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+		}
+	}
+	if now.Before(until) {
+		return pauseFor(until.Sub(now), true)
+	}
+	cp.Status, cp.Output = StepSucceeded, "{}"
+	return x.completeStep(ctx, s, cp, sc)
+}
+
+func (x *execution) branch(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	st := readState(cp)
+	var list []*flow.Step
+	var result map[string]any
+	if s.Kind == flow.KindIf {
+		if st.Branch == "" {
+			ok, err := s.If.EvalBool(ctx, x.flowScope(sc))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".if", err), nil)
+			}
+			st.Branch = "else"
+			if ok {
+				st.Branch = "then"
+			}
+			cp.State = encode(st)
+			if err := x.save(ctx, cp); err != nil {
+				return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+			}
+		}
+		list = s.Else
+		if st.Branch == "then" {
+			list = s.Then
+		}
+		result = map[string]any{"branch": st.Branch}
+	} else {
+		if st.Case == nil {
+			taken := -1
+			for i, c := range s.Cases {
+				ok, err := c.When.EvalBool(ctx, x.flowScope(sc))
+				if err != nil {
+					return x.stepFailed(ctx, s, cp, sc, exprFailure(fmt.Sprintf("%s.switch[%d].case", cp.Path, i), err), nil)
+				}
+				if ok {
+					taken = i
+					break
+				}
+			}
+			st.Case = &taken
+			cp.State = encode(st)
+			if err := x.save(ctx, cp); err != nil {
+				return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+			}
+		}
+		if *st.Case >= 0 {
+			list = s.Cases[*st.Case].Steps
+			result = map[string]any{"case": int64(*st.Case)}
+		} else {
+			list = s.Default
+			result = map[string]any{"case": "default"}
+		}
+	}
+	out := x.steps(ctx, list, cp.Path+".", sc)
+	if !out.done() {
+		return out
+	}
+	cp.Status, cp.Output = StepSucceeded, encode(result)
+	return x.completeStep(ctx, s, cp, sc)
+}
+
+func (x *execution) foreach(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	st := readState(cp)
+	if !st.Looped {
+		v, err := s.Foreach.Eval(ctx, x.flowScope(sc))
+		if err != nil {
+			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".foreach", err), nil)
+		}
+		items, ok := v.([]any)
+		if !ok && v != nil {
+			return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("foreach needs a list, got %T", v), Hint: "make the expression return a list"}, nil)
+		}
+		// The items are checkpointed so that a resumed run iterates the
+		// same list, whatever the expression would say now.
+		st = stepState{Items: items, Looped: true}
+		cp.State = encode(st)
+		if err := x.save(ctx, cp); err != nil {
+			return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+		}
+	}
+	conc := max(s.Concurrency, 1)
+	results := make([]any, len(st.Items))
+	outs := make([]outcome, len(st.Items))
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for i, item := range st.Items {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			child := &scope{steps: map[string]any{}, vars: map[string]any{}, err: sc.err}
+			for k, v := range sc.steps {
+				child.steps[k] = v
+			}
+			for k, v := range sc.vars {
+				child.vars[k] = v
+			}
+			child.vars[s.As] = item
+			child.vars["index"] = int64(i)
+			outs[i] = x.steps(ctx, s.Body, fmt.Sprintf("%s[%d].", cp.Path, i), child)
+			iter := map[string]any{}
+			for _, b := range s.Body {
+				if r, ok := child.steps[b.ID]; ok {
+					iter[b.ID] = r
+				}
+			}
+			results[i] = iter
+		}()
+	}
+	wg.Wait()
+	var pause *time.Duration
+	sleeping := true
+	for _, o := range outs {
+		if o.failure != nil {
+			return outcome{failure: o.failure}
+		}
+		if o.pause != nil {
+			if pause == nil || *o.pause < *pause {
+				pause = o.pause
+			}
+			sleeping = sleeping && o.sleeping
+		}
+	}
+	if pause != nil {
+		return outcome{pause: pause, sleeping: sleeping}
+	}
+	cp.Status, cp.Output = StepSucceeded, encode(map[string]any{"results": results})
+	return x.completeStep(ctx, s, cp, sc)
+}
+
+func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	st := readState(cp)
+	if st.Child == "" {
+		var in map[string]any
+		if s.SubInput != nil {
+			v, err := s.SubInput.Eval(ctx, x.flowScope(sc))
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".input", err), nil)
+			}
+			m, ok := v.(map[string]any)
+			if !ok && v != nil {
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("a sub-flow's input must be a map, got %T", v)}, nil)
+			}
+			in = m
+		}
+		var child store.Run
+		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+			var err error
+			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path})
+			if err != nil {
+				return err
+			}
+			cp.State = encode(stepState{Child: child.ID})
+			x.mu.Lock()
+			x.seq++
+			cp.Seq, cp.RunID = x.seq, x.run.ID
+			x.mu.Unlock()
+			return tx.PutStep(ctx, cp)
+		})
+		if err != nil {
+			var ie *InputError
+			if errors.As(err, &ie) {
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "subflow_input", Message: ie.Error()}, nil)
+			}
+			return outcome{failure: &RunError{Step: cp.Path, Code: "subflow_start", Message: err.Error()}}
+		}
+		x.mu.Lock()
+		x.cps[cp.Path] = cp
+		x.mu.Unlock()
+		return pauseFor(30*time.Second, true)
+	}
+	child, err := x.e.st.Run(ctx, st.Child)
+	if err != nil {
+		return outcome{failure: &RunError{Step: cp.Path, Code: "subflow", Message: err.Error()}}
+	}
+	switch child.Status {
+	case StatusSucceeded:
+		cp.Status, cp.Output = StepSucceeded, child.Output
+		if cp.Output == "" {
+			cp.Output = "null"
+		}
+		return x.completeStep(ctx, s, cp, sc)
+	case StatusFailed, StatusCancelled:
+		msg := "sub-flow run " + child.ID + " " + child.Status
+		if re := decodeError(child.Error); re != nil {
+			msg += ": " + re.Message
+		}
+		return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "subflow_" + child.Status, Message: msg}, nil)
+	}
+	// The child wakes this run when it ends; this is a backstop.
+	return pauseFor(30*time.Second, true)
+}
+
+// retryable statuses of a call (FLOWS.md).
+var retryableStatus = map[int]bool{429: true, 502: true, 503: true, 504: true}
+
+func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	now := x.e.clock.Now()
+	if cp.NextAttemptAt != nil && now.Before(*cp.NextAttemptAt) {
+		return pauseFor(cp.NextAttemptAt.Sub(now), true)
+	}
+	fs := x.flowScope(sc)
+	c := s.Call
+	pv, err := c.Path.Eval(ctx, fs)
+	if err != nil {
+		return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.path", err), nil)
+	}
+	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv), Header: http.Header{}, MaxResponseBytes: c.MaxResponseBytes,
+		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path}
+	if len(c.Query) > 0 {
+		req.Query = url.Values{}
+		for _, k := range sortedKeys(c.Query) {
+			v, err := c.Query[k].Eval(ctx, fs)
+			if err != nil {
+				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.query."+k, err), nil)
+			}
+			req.Query.Set(k, text(v))
+		}
+	}
+	for _, k := range sortedKeys(c.Headers) {
+		v, err := c.Headers[k].Eval(ctx, fs)
+		if err != nil {
+			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.headers."+k, err), nil)
+		}
+		req.Header.Set(k, text(v))
+	}
+	if c.Body != nil {
+		v, err := c.Body.Eval(ctx, fs)
+		if err != nil {
+			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.body", err), nil)
+		}
+		if sv, ok := v.(string); ok {
+			req.Body = []byte(sv)
+			if req.Header.Get("Content-Type") == "" {
+				req.Header.Set("Content-Type", "text/plain; charset=utf-8")
+			}
+		} else {
+			req.Body = []byte(encode(v))
+			if req.Header.Get("Content-Type") == "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, s.AttemptTimeout())
+	start := x.e.clock.Now()
+	resp, err := x.e.conns.Do(actx, c.Connector, req)
+	cancel()
+	cp.Attempts++
+	var rerr *RunError
+	retryable := false
+	var retryAfter time.Duration
+	partial := map[string]any(nil)
+	switch {
+	case err != nil:
+		var ce *connector.CallError
+		var ie *connector.InputError
+		switch {
+		case errors.As(err, &ce):
+			rerr = &RunError{Code: ce.Code, Message: ce.Message, Hint: ce.Hint}
+			retryable = ce.Retryable
+			if ce.Evidence != nil {
+				cp.Evidence = encode(ce.Evidence)
+			}
+		case errors.As(err, &ie):
+			rerr = &RunError{Code: ie.Code, Message: ie.Field + ": " + ie.Message, Hint: ie.Hint}
+		case ctx.Err() != nil:
+			// The worker is stopping mid-call: the step runs again later.
+			return pauseFor(0, false)
+		default:
+			rerr = &RunError{Code: "call_failed", Message: err.Error()}
+			retryable = true
+		}
+	case !c.Accepts(resp.Status):
+		result := callResult(resp, x.e.clock.Now().Sub(start))
+		partial = map[string]any{"status": result["status"], "headers": result["headers"], "body": result["body"]}
+		cp.Evidence = encode(resp.Evidence)
+		rerr = &RunError{Code: "http_status", Status: resp.Status, Message: fmt.Sprintf("%s %s answered %d, which is not an expected status", strings.ToUpper(req.Method), req.Path, resp.Status),
+			Hint: "add the status to the step's expect list if it is fine"}
+		retryable = retryableStatus[resp.Status]
+		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), x.e.clock.Now())
+	default:
+		result := callResult(resp, x.e.clock.Now().Sub(start))
+		cp.Status, cp.Output, cp.Evidence = StepSucceeded, encode(result), encode(resp.Evidence)
+		return x.completeStep(ctx, s, cp, sc)
+	}
+	if retryable && cp.Attempts < s.Retry.MaxAttempts {
+		wait := jitter(s.Retry.Backoff(cp.Attempts))
+		if retryAfter > wait {
+			wait = retryAfter
+		}
+		next := x.e.clock.Now().Add(wait)
+		cp.NextAttemptAt = &next
+		cp.Error = encode(rerr)
+		if err := x.save(ctx, cp); err != nil {
+			return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+		}
+		return pauseFor(wait, true)
+	}
+	return x.stepFailed(ctx, s, cp, sc, rerr, partial)
+}
+
+// callResult is a call step's result: status, headers with lower-case
+// names, the body parsed when it is JSON, the handshake evidence as tls,
+// and the duration.
+func callResult(resp *connector.Response, d time.Duration) map[string]any {
+	headers := map[string]any{}
+	for k, vs := range resp.Header {
+		lk := strings.ToLower(k)
+		if lk == "set-cookie" || lk == "authorization" || lk == "proxy-authorization" || lk == "cookie" {
+			headers[lk] = "[redacted]"
+			continue
+		}
+		headers[lk] = strings.Join(vs, ", ")
+	}
+	var body any = string(resp.Body)
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if mt == "application/json" || strings.HasSuffix(mt, "+json") {
+		var v any
+		if err := json.Unmarshal(resp.Body, &v); err == nil {
+			body = v
+		}
+	}
+	out := map[string]any{"status": int64(resp.Status), "headers": headers, "body": body, "duration_ms": d.Milliseconds()}
+	if resp.Evidence != nil {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(encode(resp.Evidence)), &ev); err == nil {
+			out["tls"] = ev
+		}
+	}
+	if resp.Truncated {
+		out["truncated"] = true
+	}
+	return out
+}
+
+func parseRetryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && secs >= 0 {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(h); err == nil {
+		d = t.Sub(now)
+	}
+	if d < 0 {
+		return 0
+	}
+	return min(d, maxRetryAfter)
+}
+
+// jitter spreads a backoff by ±20%.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+func text(v any) string {
+	switch t := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return t
+	case map[string]any, []any:
+		return encode(t)
+	}
+	return fmt.Sprint(v)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// setStatus moves the run to status (recording when it started).
+func (x *execution) setStatus(ctx context.Context, status string) error {
+	return x.e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		if err != nil {
+			return err
+		}
+		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
+		r.Status, r.UpdatedAt = status, now
+		if r.StartedAt == nil && status == StatusRunning {
+			r.StartedAt = &now
+		}
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		x.run = r
+		return nil
+	})
+}
+
+// pause saves the run's state and snoozes its job.
+func (x *execution) pause(ctx context.Context, out outcome) error {
+	status := StatusRunning
+	if out.sleeping && *out.pause > 0 {
+		status = StatusSleeping
+	}
+	if status != x.run.Status {
+		if err := x.setStatus(context.WithoutCancel(ctx), status); err != nil {
+			return err
+		}
+	}
+	return queue.Snooze(*out.pause)
+}
+
+// fail records the run's failure and runs its on_error steps.
+func (x *execution) fail(ctx context.Context, rerr *RunError) error {
+	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		if err != nil {
+			return err
+		}
+		r.Error, r.UpdatedAt = encode(rerr), x.e.clock.Now()
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		x.run = r
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return x.onError(ctx, &scope{steps: x.results(), vars: map[string]any{}})
+}
+
+func (x *execution) onError(ctx context.Context, sc *scope) error {
+	rerr := decodeError(x.run.Error)
+	if len(x.doc.OnError) > 0 {
+		sc.err = map[string]any{"step": rerr.Step, "code": rerr.Code, "message": rerr.Message}
+		if rerr.Status != 0 {
+			sc.err["status"] = int64(rerr.Status)
+		}
+		out := x.steps(ctx, x.doc.OnError, onErrorPrefix, sc)
+		if out.pause != nil {
+			return x.pause(ctx, out)
+		}
+		if out.failure != nil {
+			x.e.log.Warn("on_error steps failed", "run", x.run.ID, "step", out.failure.Step, "error", out.failure.Message)
+		}
+	}
+	return x.finish(ctx, StatusFailed, nil, rerr)
+}
+
+// finish ends the run: status, output or error, audit record, the parent
+// run woken, and the run.failed event emitted — in one transaction.
+func (x *execution) finish(ctx context.Context, status string, output any, rerr *RunError) error {
+	ctx = context.WithoutCancel(ctx)
+	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		if err != nil {
+			return err
+		}
+		if terminal(r.Status) {
+			return nil
+		}
+		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
+		r.Status, r.FinishedAt, r.UpdatedAt = status, &now, now
+		if r.StartedAt == nil {
+			r.StartedAt = &now
+		}
+		if output != nil {
+			r.Output = x.redact(encode(output))
+		}
+		if rerr != nil {
+			r.Error = encode(rerr)
+		}
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		details := map[string]any{"flow": r.FlowName, "version": r.FlowVersion, "status": status}
+		outcome := audit.OutcomeSuccess
+		if rerr != nil {
+			details["error"] = rerr
+			outcome = audit.OutcomeFailure
+		}
+		if _, err := x.e.audit.Append(ctx, tx, audit.Entry{Actor: x.actor, Action: "run." + status, Target: "run/" + r.ID, Outcome: outcome, Details: details}); err != nil {
+			return err
+		}
+		if r.ParentRunID != "" {
+			if err := x.e.q.EnqueueTx(ctx, tx, r.ParentRunID, time.Time{}); err != nil {
+				return err
+			}
+		}
+		if status == StatusFailed && !strings.HasPrefix(r.TriggerKind, "event:run.failed") {
+			payload := map[string]any{"run_id": r.ID, "flow": r.FlowName, "error": map[string]any{"step": rerr.Step, "code": rerr.Code, "message": rerr.Message}}
+			if err := x.e.emitTx(ctx, tx, "run.failed", payload); err != nil {
+				return err
+			}
+		}
+		x.run = r
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	x.e.notify(x.run.ID)
+	return nil
+}
+
+// emitTx starts, inside tx, a run of every flow whose trigger is the event.
+func (e *Engine) emitTx(ctx context.Context, tx *store.Tx, event string, payload map[string]any) error {
+	names, err := e.st.FlowsWithTrigger(ctx, "event:"+event)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if _, err := e.startRunTx(ctx, tx, StartRequest{Flow: n, Input: map[string]any{"event": event, "data": payload}, Trigger: "event:" + event, Actor: audit.System}); err != nil {
+			var ie *InputError
+			if errors.As(err, &ie) {
+				e.log.Warn("event flow refused the event's input", "flow", n, "event", event, "err", err)
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Emit starts the flows that listen for a lifecycle event (used by the
+// trust store's expiry scans and rotations).
+func (e *Engine) Emit(ctx context.Context, event string, payload map[string]any) error {
+	return e.st.InTx(ctx, func(tx *store.Tx) error { return e.emitTx(ctx, tx, event, payload) })
+}

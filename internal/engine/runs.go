@@ -1,0 +1,407 @@
+package engine
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/flow"
+	"github.com/trustflow/trustflow/internal/store"
+)
+
+// InputError is a run input that does not match the flow's input schema.
+type InputError struct{ Problems []flow.Problem }
+
+func (e *InputError) Error() string {
+	var parts []string
+	for _, p := range e.Problems {
+		parts = append(parts, p.Path+": "+p.Message)
+	}
+	return "engine: " + strings.Join(parts, "; ")
+}
+
+// ConflictError is a run change refused because of the run's state.
+type ConflictError struct{ Code, Message, Hint string }
+
+func (e *ConflictError) Error() string { return "engine: " + e.Message }
+
+// StartRequest starts a run.
+type StartRequest struct {
+	Flow    string
+	Input   map[string]any
+	Trigger string // manual (default), webhook, schedule, event
+	Actor   audit.Actor
+	// ParentRun and ParentStep link a sub-flow's run to its caller.
+	ParentRun, ParentStep string
+}
+
+func runAAD(id string) []byte { return []byte("trustflow/run/" + id + "/input") }
+
+// StartRun validates the input and writes the run, its audit record and its
+// queue job in one transaction: a run is never lost between accepted and
+// queued.
+func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error) {
+	var out RunView
+	err := e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := e.startRunTx(ctx, tx, req)
+		if err != nil {
+			return err
+		}
+		out = runView(r, nil)
+		return nil
+	})
+	return out, err
+}
+
+func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest) (store.Run, error) {
+	head, err := tx.FlowByName(ctx, req.Flow)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Run{}, &NotFoundError{Kind: "flow", Name: req.Flow}
+	} else if err != nil {
+		return store.Run{}, err
+	}
+	d, err := e.document(ctx, head.Name, head.CurrentVersion)
+	if err != nil {
+		return store.Run{}, err
+	}
+	in := req.Input
+	if in == nil {
+		in = map[string]any{}
+	}
+	checked, err := d.CheckInput(in)
+	if err != nil {
+		var ve *flow.ValidationError
+		if errors.As(err, &ve) {
+			return store.Run{}, &InputError{Problems: ve.Problems}
+		}
+		return store.Run{}, err
+	}
+	id, err := newID("run_")
+	if err != nil {
+		return store.Run{}, err
+	}
+	raw, err := json.Marshal(checked)
+	if err != nil {
+		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
+	}
+	sealed, kek, err := e.trust.SealSecret(raw, runAAD(id))
+	clear(raw)
+	if err != nil {
+		return store.Run{}, err
+	}
+	redacted, err := json.Marshal(d.Redact(checked))
+	if err != nil {
+		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
+	}
+	trigger := req.Trigger
+	if trigger == "" {
+		trigger = "manual"
+	}
+	now := e.clock.Now().UTC().Truncate(time.Microsecond)
+	r := store.Run{ID: id, FlowName: head.Name, FlowVersion: head.CurrentVersion, Status: StatusQueued, TriggerKind: trigger,
+		Input: string(redacted), InputSealed: sealed, KEKID: kek, ParentRunID: req.ParentRun, ParentStep: req.ParentStep,
+		CreatedBy: req.Actor.ID, CreatedAt: now, UpdatedAt: now}
+	if err := tx.InsertRun(ctx, r); err != nil {
+		return store.Run{}, err
+	}
+	details := map[string]any{"flow": head.Name, "version": head.CurrentVersion, "trigger": trigger}
+	if req.ParentRun != "" {
+		details["parent_run"] = req.ParentRun
+		details["parent_step"] = req.ParentStep
+	}
+	if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "run.start", Target: "run/" + id, Details: details}); err != nil {
+		return store.Run{}, err
+	}
+	if err := e.q.EnqueueTx(ctx, tx, id, time.Time{}); err != nil {
+		return store.Run{}, err
+	}
+	return r, nil
+}
+
+// RunView is a run's public view.
+type RunView struct {
+	ID          string         `json:"id"`
+	Flow        string         `json:"flow"`
+	FlowVersion int            `json:"flow_version"`
+	Status      string         `json:"status"`
+	Trigger     string         `json:"trigger"`
+	Input       map[string]any `json:"input"`
+	Output      any            `json:"output"`
+	Error       *RunError      `json:"error,omitempty"`
+	ParentRun   string         `json:"parent_run,omitempty"`
+	ParentStep  string         `json:"parent_step,omitempty"`
+	CreatedAt   time.Time      `json:"created_at"`
+	StartedAt   *time.Time     `json:"started_at,omitempty"`
+	FinishedAt  *time.Time     `json:"finished_at,omitempty"`
+	Steps       []StepView     `json:"steps,omitempty"`
+}
+
+// RunError is why a run (or a step) failed.
+type RunError struct {
+	Step    string `json:"step,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+	Status  int    `json:"status,omitempty"`
+}
+
+// StepView is one step checkpoint's public view.
+type StepView struct {
+	Path        string     `json:"path"`
+	ID          string     `json:"id"`
+	Kind        string     `json:"kind"`
+	Status      string     `json:"status"`
+	Attempts    int        `json:"attempts"`
+	Output      any        `json:"output,omitempty"`
+	Evidence    any        `json:"evidence,omitempty"`
+	Error       *RunError  `json:"error,omitempty"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+	DurationMS  int64      `json:"duration_ms"`
+	NextAttempt *time.Time `json:"next_attempt_at,omitempty"`
+}
+
+func decodeJSON(s string) any {
+	if s == "" {
+		return nil
+	}
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return s
+	}
+	return v
+}
+
+func decodeError(s string) *RunError {
+	if s == "" {
+		return nil
+	}
+	var re RunError
+	if err := json.Unmarshal([]byte(s), &re); err != nil {
+		return &RunError{Code: "unknown", Message: s}
+	}
+	return &re
+}
+
+func runView(r store.Run, steps []store.Step) RunView {
+	v := RunView{ID: r.ID, Flow: r.FlowName, FlowVersion: r.FlowVersion, Status: r.Status, Trigger: r.TriggerKind,
+		Output: decodeJSON(r.Output), Error: decodeError(r.Error), ParentRun: r.ParentRunID, ParentStep: r.ParentStep,
+		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt}
+	if in, ok := decodeJSON(r.Input).(map[string]any); ok {
+		v.Input = in
+	} else {
+		v.Input = map[string]any{}
+	}
+	for _, s := range steps {
+		v.Steps = append(v.Steps, StepView{Path: s.Path, ID: s.StepID, Kind: s.Kind, Status: s.Status, Attempts: s.Attempts,
+			Output: decodeJSON(s.Output), Evidence: decodeJSON(s.Evidence), Error: decodeError(s.Error),
+			StartedAt: s.StartedAt, FinishedAt: s.FinishedAt, DurationMS: s.DurationMS, NextAttempt: s.NextAttemptAt})
+	}
+	return v
+}
+
+// GetRun returns a run with every step checkpoint.
+func (e *Engine) GetRun(ctx context.Context, id string) (RunView, error) {
+	r, err := e.st.Run(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return RunView{}, &NotFoundError{Kind: "run", Name: id}
+	} else if err != nil {
+		return RunView{}, err
+	}
+	steps, err := e.st.Steps(ctx, id)
+	if err != nil {
+		return RunView{}, err
+	}
+	return runView(r, steps), nil
+}
+
+// RunFilter selects runs.
+type RunFilter = store.RunFilter
+
+// ListRuns returns runs, newest first (without steps).
+func (e *Engine) ListRuns(ctx context.Context, f RunFilter) ([]RunView, error) {
+	rows, err := e.st.ListRuns(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := []RunView{}
+	for _, r := range rows {
+		out = append(out, runView(r, nil))
+	}
+	return out, nil
+}
+
+// Wait waits until the run ends or ctx is done, and returns it.
+func (e *Engine) Wait(ctx context.Context, id string) (RunView, error) {
+	for {
+		ch := e.subscribe(id)
+		v, err := e.GetRun(ctx, id)
+		if err != nil || terminal(v.Status) {
+			return v, err
+		}
+		select {
+		case <-ch:
+		case <-time.After(500 * time.Millisecond): // another node may finish it
+		case <-ctx.Done():
+			return v, nil
+		}
+	}
+}
+
+// Cancel asks a run to stop. A queued or sleeping run is cancelled at once;
+// a running one stops after its current step.
+func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunView, error) {
+	err := e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := tx.RunForUpdate(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return &NotFoundError{Kind: "run", Name: id}
+		} else if err != nil {
+			return err
+		}
+		if terminal(r.Status) {
+			return &ConflictError{Code: "run_finished", Message: fmt.Sprintf("run %s already %s", id, r.Status), Hint: "nothing to cancel"}
+		}
+		r.CancelRequested = true
+		r.UpdatedAt = e.clock.Now()
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "status": r.Status}}); err != nil {
+			return err
+		}
+		// Wake the run so that a sleeping one is cancelled now.
+		return e.q.EnqueueTx(ctx, tx, id, time.Time{})
+	})
+	if err != nil {
+		return RunView{}, err
+	}
+	return e.GetRun(ctx, id)
+}
+
+// Retry restarts a failed run from its failed step: the failed (and
+// cancelled) checkpoints are forgotten, the completed ones kept.
+func (e *Engine) Retry(ctx context.Context, actor audit.Actor, id string) (RunView, error) {
+	err := e.st.InTx(ctx, func(tx *store.Tx) error {
+		r, err := tx.RunForUpdate(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return &NotFoundError{Kind: "run", Name: id}
+		} else if err != nil {
+			return err
+		}
+		if r.Status != StatusFailed && r.Status != StatusCancelled {
+			return &ConflictError{Code: "run_not_failed", Message: fmt.Sprintf("run %s is %s: only failed or cancelled runs can be retried", id, r.Status), Hint: "wait for it to end, or cancel it first"}
+		}
+		if err := tx.DeleteSteps(ctx, id, StepFailed, StepCancelled, StepRunning); err != nil {
+			return err
+		}
+		// on_error steps ran for the failure being retried; forget them too.
+		if err := tx.DeleteStepsWithPrefix(ctx, id, onErrorPrefix); err != nil {
+			return err
+		}
+		prev := r.Status
+		r.Status, r.Error, r.Output, r.FinishedAt, r.CancelRequested = StatusQueued, "", "", nil, false
+		r.UpdatedAt = e.clock.Now()
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.retry", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "previous_status": prev}}); err != nil {
+			return err
+		}
+		return e.q.EnqueueTx(ctx, tx, id, time.Time{})
+	})
+	if err != nil {
+		return RunView{}, err
+	}
+	return e.GetRun(ctx, id)
+}
+
+func (e *Engine) newWebhookSecret(head *store.Flow) error {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("engine: generate webhook secret: %w", err)
+	}
+	secret := []byte(hex.EncodeToString(b))
+	sealed, kek, err := e.trust.SealSecret(secret, webhookAAD(head.Name))
+	clear(secret)
+	if err != nil {
+		return err
+	}
+	head.WebhookSecret, head.KEKID = sealed, kek
+	return nil
+}
+
+func webhookAAD(flow string) []byte { return []byte("trustflow/flow/" + flow + "/webhook") }
+
+// WebhookSecret returns the HMAC secret of a flow with an hmac webhook
+// trigger; reading it is audited.
+func (e *Engine) WebhookSecret(ctx context.Context, actor audit.Actor, name string) (string, error) {
+	head, err := e.st.FlowByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", &NotFoundError{Kind: "flow", Name: name}
+	} else if err != nil {
+		return "", err
+	}
+	if len(head.WebhookSecret) == 0 {
+		return "", &ConflictError{Code: "no_webhook_secret", Message: fmt.Sprintf("flow %q has no HMAC webhook trigger", name), Hint: "set trigger: {webhook: {auth: hmac}}"}
+	}
+	raw, err := e.trust.OpenSecret(head.WebhookSecret, webhookAAD(name))
+	if err != nil {
+		return "", err
+	}
+	if err := e.audit.Record(ctx, audit.Entry{Actor: actor, Action: "flow.webhook_secret.read", Target: "flow/" + name}); err != nil {
+		return "", err
+	}
+	return string(raw), nil
+}
+
+// WebhookAuth says how a flow's webhook is authenticated: "" when the flow
+// has no webhook trigger, else "token" or "hmac".
+func (e *Engine) WebhookAuth(ctx context.Context, name string) (string, error) {
+	head, err := e.st.FlowByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", &NotFoundError{Kind: "flow", Name: name}
+	} else if err != nil {
+		return "", err
+	}
+	kind, auth, _ := strings.Cut(head.TriggerKind, ":")
+	if kind != "webhook" {
+		return "", nil
+	}
+	if auth == "" {
+		auth = "token"
+	}
+	return auth, nil
+}
+
+// VerifyWebhookSignature checks an X-Trustflow-Signature header
+// ("sha256=<hex HMAC-SHA256 of the body>") against the flow's secret.
+func (e *Engine) VerifyWebhookSignature(ctx context.Context, name string, body []byte, header string) (bool, error) {
+	head, err := e.st.FlowByName(ctx, name)
+	if err != nil || len(head.WebhookSecret) == 0 {
+		return false, err
+	}
+	raw, err := e.trust.OpenSecret(head.WebhookSecret, webhookAAD(name))
+	if err != nil {
+		return false, err
+	}
+	defer clear(raw)
+	got, ok := strings.CutPrefix(header, "sha256=")
+	if !ok {
+		return false, nil
+	}
+	sig, err := hex.DecodeString(got)
+	if err != nil {
+		return false, nil
+	}
+	mac := hmac.New(sha256.New, raw)
+	mac.Write(body)
+	return hmac.Equal(sig, mac.Sum(nil)), nil
+}
