@@ -33,7 +33,40 @@ const (
 	CAName        = "quickstart-ca"
 	IdentityName  = "quickstart"
 	ConnectorName = "quickstart-directory"
+	FlowName      = "quickstart-offboard"
 )
+
+// SampleFlow is the flow the quickstart applies and runs: look a user up,
+// disable them, and remove them from their groups, every call over mutual
+// TLS through the demo connector.
+const SampleFlow = `apiVersion: trustflow/v1
+kind: Flow
+name: quickstart-offboard
+description: Disable a departed user in the demo directory, over mutual TLS
+trigger: {manual: {}}
+input:
+  user_id: {type: string, required: true}
+steps:
+  - id: lookup
+    call: {connector: quickstart-directory, method: GET, path: "/users/${input.user_id}", headers: {Accept: application/json}}
+    retry: {max_attempts: 3, initial_backoff: 200ms}
+  - id: decide
+    if: ${steps.lookup.body.active}
+    then:
+      - id: disable
+        call: {connector: quickstart-directory, method: POST, path: /disable, body: {login: "${steps.lookup.body.login}"}}
+  - id: groups
+    foreach: ${steps.lookup.body.groups}
+    as: group
+    concurrency: 2
+    steps:
+      - id: remove
+        call: {connector: quickstart-directory, method: DELETE, path: "/groups/${group}/members/${input.user_id}"}
+output:
+  login: ${steps.lookup.body.login}
+  disabled: ${steps.disable.body.disabled}
+  presented_serial: ${steps.lookup.tls.client_certificate.serial}
+`
 
 // Options configure a quickstart run.
 type Options struct {
@@ -58,6 +91,7 @@ type Result struct {
 	Identity    apiclient.Identity      `json:"identity"`
 	Test        apiclient.ConnectorTest `json:"test"`
 	Call        apiclient.CallResponse  `json:"call"`
+	Run         apiclient.Run           `json:"run"`
 	IdempotKeys []string                `json:"idempotency_keys_seen,omitempty"`
 }
 
@@ -149,8 +183,44 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	body, _ := json.Marshal(call.Body) // a decoded JSON value always re-encodes
 	say("6. Called GET /users/42 through the connector over mutual TLS: status %d, body %s", call.Status, body)
 	printEvidence(opts.Stdout, call.Evidence)
+
+	if _, err := c.ApplyFlows(ctx, []apiclient.FlowSource{{Filename: "quickstart-offboard.yaml", Source: SampleFlow}}); err != nil {
+		return res, fmt.Errorf("quickstart: apply the sample flow: %w", err)
+	}
+	run, err := c.StartRun(ctx, FlowName, map[string]any{"user_id": "42"}, time.Minute)
+	if err != nil {
+		return res, fmt.Errorf("quickstart: run the sample flow: %w", err)
+	}
+	if run.Status != "succeeded" {
+		full, gerr := c.GetRun(ctx, run.ID)
+		if gerr == nil {
+			run = full
+		}
+		if run.Error != nil {
+			return res, fmt.Errorf("quickstart: the sample flow's run %s ended %s: %s", run.ID, run.Status, run.Error.Message)
+		}
+		return res, fmt.Errorf("quickstart: the sample flow's run %s is still %s after a minute", run.ID, run.Status)
+	}
+	if full, err := c.GetRun(ctx, run.ID); err == nil {
+		run = full
+	}
+	res.Run = run
+	res.IdempotKeys = endpoint.keys()
+	out, _ := json.Marshal(run.Output) // a decoded JSON value always re-encodes
+	say("7. Applied flow %q and ran it (run %s): %s, output %s", FlowName, run.ID, run.Status, out)
+	for _, st := range run.Steps {
+		line := fmt.Sprintf("     %-22s %-8s %-9s", st.Path, st.Kind, st.Status)
+		if ev, ok := st.Evidence.(map[string]any); ok {
+			if cc, ok := ev["client_certificate"].(map[string]any); ok {
+				line += fmt.Sprintf(" %v, presented %v v%v", ev["tls_version"], cc["identity"], cc["version"])
+			}
+		}
+		say("%s", line)
+	}
+	say("   Every call carried Idempotency-Key <run id>/<step path>, e.g. %s/lookup.", run.ID)
 	say("")
 	say("The API is at %s (OpenAPI: %s/api/v1/openapi.json). Try:", a.URL(), a.URL())
+	say("  trustflow --server %s run show %s", a.URL(), run.ID)
 	say("  trustflow --server %s connector show %s", a.URL(), ConnectorName)
 	say("  trustflow --server %s identity show %s", a.URL(), IdentityName)
 	say("  trustflow --server %s audit list", a.URL())

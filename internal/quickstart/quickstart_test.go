@@ -39,6 +39,10 @@ func TestQuickstartMakesARealMTLSCall(t *testing.T) {
 		require.True(t, ok)
 		require.Equal(t, active.Serial, ev.ClientCertificate.Serial)
 		require.Contains(t, out.String(), "over mutual TLS: status 200")
+		require.Equal(t, "succeeded", res.Run.Status)
+		require.Equal(t, map[string]any{"login": "jdoe", "disabled": true, "presented_serial": active.Serial}, res.Run.Output)
+		require.Contains(t, res.IdempotKeys, res.Run.ID+"/lookup")
+		require.Contains(t, res.IdempotKeys, res.Run.ID+"/groups[1].remove")
 		require.NotContains(t, out.String()+errb.String(), "PRIVATE KEY")
 		if run == 0 {
 			require.Contains(t, errb.String(), "created the first admin token")
