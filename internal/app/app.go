@@ -128,6 +128,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		st.Close()
 		return nil, fmt.Errorf("app: engine: %w", err)
 	}
+	a.Trust.SetEventSink(a.Engine.TrustEvents())
 	prober, err := probe.New(probe.Config{Trust: a.Trust, Audit: a.Audit, Clock: opts.Clock})
 	if err != nil {
 		st.Close()

@@ -75,6 +75,9 @@ type Config struct {
 	Budget time.Duration
 	// Node names this process in run leases. Defaults to a random id.
 	Node string
+	// ScanInterval is how often the leader scans for expiring identities
+	// and CAs. Defaults to 1h.
+	ScanInterval time.Duration
 }
 
 // Engine runs flows.
@@ -93,6 +96,8 @@ type Engine struct {
 
 	waitMu  sync.Mutex
 	waiters map[string][]chan struct{}
+
+	stopSync context.CancelFunc
 }
 
 // New builds the engine and its queue (migrating the queue's tables).
@@ -128,7 +133,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, st: cfg.Store, audit: cfg.Audit, conns: cfg.Connectors, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
 		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}}
 	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, Workers: cfg.Workers, PollInterval: cfg.PollInterval,
-		JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, Logger: cfg.Logger}, e.advance)
+		JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, Logger: cfg.Logger,
+		OnSchedule: e.onSchedule, OnScan: e.Scan, ScanInterval: cfg.ScanInterval}, e.advance)
 	if err != nil {
 		return nil, err
 	}
@@ -136,12 +142,28 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// Start starts the workers.
-func (e *Engine) Start(ctx context.Context) error { return e.q.Start(ctx) }
+// Start registers the schedules and starts the workers.
+func (e *Engine) Start(ctx context.Context) error {
+	if err := e.SyncSchedules(ctx); err != nil {
+		return err
+	}
+	if err := e.q.Start(ctx); err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopSync = cancel
+	go e.syncLoop(sctx)
+	return nil
+}
 
 // Stop stops the workers; runs being advanced resume from their last
 // checkpoint on the next start (or on another node).
-func (e *Engine) Stop(ctx context.Context) error { return e.q.Stop(ctx) }
+func (e *Engine) Stop(ctx context.Context) error {
+	if e.stopSync != nil {
+		e.stopSync()
+	}
+	return e.q.Stop(ctx)
+}
 
 func newID(prefix string) (string, error) {
 	b := make([]byte, 10)

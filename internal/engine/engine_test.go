@@ -77,9 +77,15 @@ func (d *directory) record(r *http.Request) (fail bool) {
 }
 
 type env struct {
-	eng *engine.Engine
-	dir *directory
-	st  *store.Store
+	eng   *engine.Engine
+	dir   *directory
+	st    *store.Store
+	trust *truststore.Service
+	ca    *truststoretest.CA
+}
+
+func (e *env) trustRotate(ctx context.Context, leaf *truststoretest.Leaf) (truststore.RotateResult, error) {
+	return e.trust.Rotate(ctx, admin, truststore.RotateRequest{Name: "svc", Material: truststore.Material{Cert: leaf.CertPEM(), Key: leaf.KeyPEM()}})
 }
 
 func newEnv(t *testing.T, st *store.Store) *env {
@@ -108,7 +114,7 @@ func newEnv(t *testing.T, st *store.Store) *env {
 	require.NoError(t, err)
 	require.NoError(t, eng.Start(ctx))
 	t.Cleanup(func() { eng.Stop(context.Background()) })
-	return &env{eng: eng, dir: dir, st: st}
+	return &env{eng: eng, dir: dir, st: st, trust: trust, ca: ca}
 }
 
 const offboard = `apiVersion: trustflow/v1

@@ -99,6 +99,9 @@ func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source)
 	if err != nil {
 		return nil, err
 	}
+	if err := e.SyncSchedules(ctx); err != nil {
+		e.log.Warn("sync schedules after apply", "err", err)
+	}
 	return out, nil
 }
 

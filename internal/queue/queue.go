@@ -58,12 +58,19 @@ type Config struct {
 	RescueAfter time.Duration
 	// Logger defaults to slog.Default(), at warning level for River.
 	Logger *slog.Logger
+	// OnSchedule starts a flow's scheduled run (see SetSchedules).
+	OnSchedule func(ctx context.Context, flow string) error
+	// OnScan runs the periodic expiry scan, every ScanInterval (default
+	// 1h), on the leader only.
+	OnScan       func(ctx context.Context) error
+	ScanInterval time.Duration
 }
 
 // Queue is the run queue.
 type Queue struct {
 	client *river.Client[*sql.Tx]
 	st     *store.Store
+	sched  schedules
 }
 
 // New builds the queue, migrating River's tables.
@@ -106,6 +113,12 @@ func New(ctx context.Context, cfg Config, h Handler) (*Queue, error) {
 	river.AddWorker(workers, river.WorkFunc(func(ctx context.Context, job *river.Job[RunArgs]) error {
 		return h(ctx, job.Args.RunID)
 	}))
+	if cfg.OnSchedule != nil {
+		river.AddWorker(workers, runScheduled(cfg.OnSchedule))
+	}
+	if cfg.OnScan != nil {
+		river.AddWorker(workers, runScan(cfg.OnScan))
+	}
 	client, err := river.NewClient(driver, &river.Config{
 		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
 		Workers:              workers,
@@ -119,7 +132,14 @@ func New(ctx context.Context, cfg Config, h Handler) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	return &Queue{client: client, st: cfg.Store}, nil
+	q := &Queue{client: client, st: cfg.Store, sched: schedules{ids: map[string]bool{}}}
+	if cfg.OnScan != nil {
+		if cfg.ScanInterval == 0 {
+			cfg.ScanInterval = time.Hour
+		}
+		q.addScan(cfg.ScanInterval)
+	}
+	return q, nil
 }
 
 // quiet passes River's warnings and errors on, not its routine chatter.

@@ -443,3 +443,17 @@ func (s *Store) FlowsWithTrigger(ctx context.Context, trigger string) ([]string,
 	}
 	return out, rows.Err()
 }
+
+// MarkEvent records that the event named key was emitted, and reports
+// whether it is new (false: it was emitted before).
+func (t *Tx) MarkEvent(ctx context.Context, key string, at time.Time) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, "INSERT INTO events_emitted (key, emitted_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, micros(at))
+	if err != nil {
+		return false, fmt.Errorf("store: mark event %s: %w", key, mapErr(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: mark event %s: %w", key, err)
+	}
+	return n == 1, nil
+}

@@ -466,6 +466,11 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.install_cert", Target: "identity/" + req.Name, Details: d}); err != nil {
 			return err
 		}
+		if activate {
+			if err := s.emit(ctx, tx, "identity.rotated", rotated(req.Name, row, ident.ActiveVersion)); err != nil {
+				return err
+			}
+		}
 		out, err = s.viewTx(ctx, tx, req.Name)
 		return err
 	})
@@ -561,6 +566,11 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.rotate", Target: "identity/" + req.Name, Details: d}); err != nil {
 			return err
 		}
+		if row.Status == StatusActive {
+			if err := s.emit(ctx, tx, "identity.rotated", rotated(req.Name, row, active)); err != nil {
+				return err
+			}
+		}
 		out.Version, out.CSR = next, string(csr)
 		out.Identity, err = s.viewTx(ctx, tx, req.Name)
 		return err
@@ -607,6 +617,9 @@ func (s *Service) Activate(ctx context.Context, actor audit.Actor, name string, 
 		d["previous_active_version"] = ident.ActiveVersion
 		d["status"] = StatusActive
 		if _, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "identity.activate", Target: "identity/" + name, Details: d}); err != nil {
+			return err
+		}
+		if err := s.emit(ctx, tx, "identity.rotated", rotated(name, *target, ident.ActiveVersion)); err != nil {
 			return err
 		}
 		out, err = s.viewTx(ctx, tx, name)
@@ -765,3 +778,13 @@ func (e *KeyUnavailableError) Error() string {
 
 // Unwrap returns the cause.
 func (e *KeyUnavailableError) Unwrap() error { return e.Err }
+
+// rotated is the payload of identity.rotated.
+func rotated(name string, v store.IdentityVersion, previous int) map[string]any {
+	p := map[string]any{"identity": name, "version": int64(v.Version), "previous_version": int64(previous),
+		"serial": v.Serial, "fingerprint_sha256": v.Fingerprint}
+	if v.NotAfter != nil {
+		p["not_after"] = v.NotAfter.UTC().Format(time.RFC3339)
+	}
+	return p
+}

@@ -59,6 +59,7 @@ type Service struct {
 	mu      sync.RWMutex
 	active  map[string]*activeEntry
 	anchors map[string]*anchorEntry
+	events  EventSink
 	// gen counts local changes to CAs and identities, so that callers
 	// caching what they built from them (connector clients) notice at once.
 	gen atomic.Int64
@@ -81,6 +82,20 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, clock: cfg.Clock, active: map[string]*activeEntry{}, anchors: map[string]*anchorEntry{}}
 	s.keyring.Store(cfg.Keyring)
 	return s, nil
+}
+
+// EventSink receives lifecycle events (identity.rotated) inside the
+// transaction of the change that caused them.
+type EventSink func(ctx context.Context, tx *store.Tx, event string, payload map[string]any) error
+
+// SetEventSink installs the receiver of lifecycle events.
+func (s *Service) SetEventSink(f EventSink) { s.events = f }
+
+func (s *Service) emit(ctx context.Context, tx *store.Tx, event string, payload map[string]any) error {
+	if s.events == nil {
+		return nil
+	}
+	return s.events(ctx, tx, event, payload)
 }
 
 // SetInUse installs the removal guard once the components that use CAs and

@@ -1,0 +1,99 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/store"
+	"github.com/trustflow/trustflow/internal/store/storetest"
+	"github.com/trustflow/trustflow/internal/truststore"
+	"github.com/trustflow/trustflow/internal/truststore/truststoretest"
+)
+
+const onExpiring = `apiVersion: trustflow/v1
+kind: Flow
+name: ticket-expiring
+trigger: {event: {type: identity.expiring}}
+input:
+  event: {type: string}
+  data: {type: object}
+steps:
+  - id: note
+    set: {identity: "${input.data.identity}", days: "${input.data.days_left}", threshold: "${input.data.threshold_days}"}
+output: ${steps.note}
+`
+
+const onRotated = `apiVersion: trustflow/v1
+kind: Flow
+name: on-rotated
+trigger: {event: {type: identity.rotated}}
+input:
+  event: {type: string}
+  data: {type: object}
+steps:
+  - id: note
+    set: {version: "${input.data.version}"}
+`
+
+func TestExpiryScanFiresOncePerThreshold(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		_, err := e.eng.Apply(ctx, admin, []engine.Source{{Filename: "x.yaml", Source: onExpiring}})
+		require.NoError(t, err)
+		runs := func() []engine.RunView {
+			rs, err := e.eng.ListRuns(ctx, engine.RunFilter{Flow: "ticket-expiring"})
+			require.NoError(t, err)
+			return rs
+		}
+		// The test CA's client certificates live far longer than 30 days:
+		// nothing fires.
+		require.NoError(t, e.eng.Scan(ctx))
+		require.Empty(t, runs())
+		require.NoError(t, e.eng.Scan(ctx))
+		require.Empty(t, runs())
+
+		// An identity 5 days from expiry crosses 30, 14 and 7: one run,
+		// for the nearest threshold; scanning again fires nothing new.
+		now := time.Now()
+		soon := e.ca.IssueClient(t, "soon", truststoretest.Validity(now.Add(-time.Hour), now.Add(5*24*time.Hour-time.Minute)))
+		_, err = e.trust.Import(ctx, admin, truststore.ImportRequest{Name: "soon", Material: truststore.Material{Cert: soon.CertPEM(), Key: soon.KeyPEM()}})
+		require.NoError(t, err)
+		require.NoError(t, e.eng.Scan(ctx))
+		require.NoError(t, e.eng.Scan(ctx))
+		rs := runs()
+		require.Len(t, rs, 1)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		done, err := e.eng.Wait(wctx, rs[0].ID)
+		require.NoError(t, err)
+		require.Equal(t, engine.StatusSucceeded, done.Status)
+		require.Equal(t, map[string]any{"identity": "soon", "days": float64(4), "threshold": float64(7)}, done.Output)
+	})
+}
+
+func TestRotationEmitsIdentityRotated(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		_, err := e.eng.Apply(ctx, admin, []engine.Source{{Filename: "r.yaml", Source: onRotated}})
+		require.NoError(t, err)
+		e.trust.SetEventSink(e.eng.TrustEvents())
+		leaf := e.ca.IssueClient(t, "next")
+		_, err = e.trustRotate(ctx, leaf)
+		require.NoError(t, err)
+		rs, err := e.eng.ListRuns(ctx, engine.RunFilter{Flow: "on-rotated"})
+		require.NoError(t, err)
+		require.Len(t, rs, 1)
+		require.Equal(t, "event:identity.rotated", rs[0].Trigger)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		done, err := e.eng.Wait(wctx, rs[0].ID)
+		require.NoError(t, err)
+		require.Equal(t, engine.StatusSucceeded, done.Status)
+	})
+}
