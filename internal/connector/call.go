@@ -149,7 +149,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	}
 	hresp, err := c.http.Do(hreq)
 	if err != nil {
-		return nil, c, c.diagnose(ctx, err, evidence)
+		return nil, c, s.diagnoseCall(ctx, c, err, evidence)
 	}
 	defer hresp.Body.Close()
 	limit := req.MaxResponseBytes
@@ -172,6 +172,23 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	}
 	resp.Duration = s.clock.Now().Sub(start)
 	return resp, c, nil
+}
+
+// diagnoseCall diagnoses a failed request. In TLS 1.3 the server judges
+// our certificate after our side of the handshake is done, and its alert
+// can be lost: to a reset when it closes with our request unread, or inside
+// the HTTP/2 transport, which then reports only that the connection could
+// not be established. A bare handshake, which sends nothing after it (as
+// `connector test` does), reads the alert.
+func (s *Service) diagnoseCall(ctx context.Context, c *client, err error, ev *Evidence) *CallError {
+	ce := c.diagnose(ctx, err, ev)
+	if (ce.Code != "connection_reset" && ce.Code != "call_failed") || ctx.Err() != nil {
+		return ce
+	}
+	if probe := s.handshake(ctx, c); probe.Error != nil && strings.HasPrefix(probe.Error.Code, "server_rejected_") {
+		return &CallError{Diagnosis: *probe.Error, Evidence: probe.Evidence, Err: err}
+	}
+	return ce
 }
 
 func (s *Service) auditCall(ctx context.Context, c *client, req Request, resp *Response, ce *CallError, d time.Duration) error {

@@ -114,13 +114,15 @@ func (c *client) diagnose(ctx context.Context, err error, ev *Evidence) *CallErr
 		ce.Diagnosis = pol.Diagnosis
 	case errors.As(err, &certErr):
 		ce.Diagnosis = c.diagnoseCertificate(ctx, certErr)
-	case isAlert(err):
-		alert, _ := remoteAlert(err)
-		ce.Diagnosis = c.diagnoseAlert(alert)
+	// Before the alerts: a server whose versions are all below ours answers
+	// with the protocol_version alert.
 	case strings.Contains(err.Error(), "tls: server selected unsupported protocol version"),
 		strings.Contains(err.Error(), "tls: protocol version not supported"):
 		ce.Diagnosis = Diagnosis{Code: "tls_version_too_old", Message: fmt.Sprintf("the server of connector %s offers only a TLS version below %s", name, c.minTLSName()),
 			Hint: "upgrade the server to TLS 1.2 or later; trustflow never uses TLS 1.0 or 1.1"}
+	case isAlert(err):
+		alert, _ := remoteAlert(err)
+		ce.Diagnosis = c.diagnoseAlert(alert)
 	case errors.As(err, &dnsErr):
 		ce.Diagnosis = Diagnosis{Code: "dns", Message: fmt.Sprintf("cannot resolve %q for connector %s: %s", dnsErr.Name, name, dnsErr.Err),
 			Hint: "check the connector's URL and this host's DNS"}

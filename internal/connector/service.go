@@ -389,8 +389,14 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 	gen := s.trust.Generation()
 	s.mu.Lock()
 	c := s.clients[name]
+	// checkedAt and trustGen are written under s.mu by revalidating callers.
+	var fresh, sameGen bool
+	if c != nil {
+		sameGen = c.trustGen == gen
+		fresh = sameGen && now.Sub(c.checkedAt) < s.trust.RevalidateAfter()
+	}
 	s.mu.Unlock()
-	if c != nil && c.trustGen == gen && now.Sub(c.checkedAt) < s.trust.RevalidateAfter() {
+	if fresh {
 		return c, nil
 	}
 	state, err := s.store.ConnectorState(ctx, name)
@@ -401,7 +407,7 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 		return nil, err
 	}
 	if c != nil && c.state == state {
-		if c.trustGen != gen {
+		if !sameGen {
 			// An identity or CA changed here: make the next request
 			// handshake again rather than resume.
 			c.sessions.Clear()

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -22,22 +23,45 @@ var admin = audit.Actor{ID: "tok_admin", Name: "admin", Role: "admin"}
 
 type env struct {
 	st    *store.Store
+	log   *audit.Log
 	trust *truststore.Service
 	conns *connector.Service
 	ca    *truststoretest.CA
 }
 
-func newEnv(t *testing.T, st *store.Store) *env {
+// envConfig holds what newEnv's options change.
+type envConfig struct {
+	clock      clock.Clock
+	auditCalls *bool
+}
+
+// envOption changes the services newEnv builds.
+type envOption func(*envConfig)
+
+// withClock makes the trust store, the audit log and the connectors tell
+// time by c.
+func withClock(c clock.Clock) envOption { return func(ec *envConfig) { ec.clock = c } }
+
+// withoutCallAudit turns off the audit record of every outbound call.
+func withoutCallAudit() envOption {
+	return func(ec *envConfig) { off := false; ec.auditCalls = &off }
+}
+
+func newEnv(t testing.TB, st *store.Store, opts ...envOption) *env {
 	t.Helper()
+	var ec envConfig
+	for _, o := range opts {
+		o(&ec)
+	}
 	kek, err := seal.NewKEK()
 	require.NoError(t, err)
-	log := audit.New(st, nil)
-	trust, err := truststore.New(truststore.Config{Store: st, Audit: log, Keyring: seal.NewKeyring(kek)})
+	log := audit.New(st, ec.clock)
+	trust, err := truststore.New(truststore.Config{Store: st, Audit: log, Keyring: seal.NewKeyring(kek), Clock: ec.clock})
 	require.NoError(t, err)
-	conns, err := connector.New(connector.Config{Store: st, Audit: log, Trust: trust})
+	conns, err := connector.New(connector.Config{Store: st, Audit: log, Trust: trust, Clock: ec.clock, AuditCalls: ec.auditCalls})
 	require.NoError(t, err)
 	trust.SetInUse(conns.InUse)
-	return &env{st: st, trust: trust, conns: conns, ca: truststoretest.NewCA(t)}
+	return &env{st: st, log: log, trust: trust, conns: conns, ca: truststoretest.NewCA(t)}
 }
 
 func TestSmokeMTLSCall(t *testing.T) {

@@ -51,6 +51,8 @@ type client struct {
 	checkedAt time.Time
 	trustGen  int64
 	oauth     *oauthSource
+	// tokenAddr is the OAuth2 token endpoint's host:port ("" without OAuth2).
+	tokenAddr string
 }
 
 // sessionCache is a TLS session cache that can be emptied, so that a
@@ -161,6 +163,9 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 		CheckRedirect: func(req *http.Request, via []*http.Request) error { return http.ErrUseLastResponse }}
 	if conn.AuthType == AuthOAuth2 {
 		c.oauth = newOAuthSource(c)
+		if tu, err := url.Parse(c.settings.TokenURL); err == nil {
+			c.tokenAddr = hostPort(tu)
+		}
 	}
 	return c, nil
 }
@@ -228,7 +233,10 @@ func (c *client) dialTLS(ctx context.Context, dialer *net.Dialer, network, addr 
 	} else {
 		c.lastFull.Store(serverName, final)
 	}
-	if c.conn.Identity != "" && !cs.DidResume && !final.ServerRequestedClientCert && !c.conn.AllowNoClientAuthRequest {
+	// The connector's server must ask for a client certificate; its OAuth2
+	// token endpoint only when the token request authenticates with it.
+	mustAsk := addr != c.tokenAddr || addr == hostPort(c.base) || c.settings.TokenAuthTLS
+	if c.conn.Identity != "" && mustAsk && !cs.DidResume && !final.ServerRequestedClientCert && !c.conn.AllowNoClientAuthRequest {
 		tc.Close()
 		c.sessions.Clear()
 		return nil, &CallError{Evidence: final, Diagnosis: Diagnosis{Code: "client_cert_not_requested",
@@ -273,6 +281,19 @@ func (c *client) verifyConnection(ctx context.Context, cs tls.ConnectionState, s
 			Hint:    "the server's key changed, or this is not the expected server; if the change is legitimate, update the connector's --pin"}}
 	}
 	return nil
+}
+
+// hostPort is u's host:port as the transport dials it, with the scheme's
+// default port.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "443"
+	if u.Scheme == "http" {
+		port = "80"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // evidenceFor returns the evidence of the connection a request used.
