@@ -66,6 +66,9 @@ func (s *Service) Active(ctx context.Context, name string) (ActiveCertificate, e
 }
 
 func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (ActiveCertificate, error) {
+	// A local change that commits while this load reads the database
+	// bumps gen; the (possibly stale) result is then not cached.
+	gen := s.gen.Load()
 	ident, v, err := s.store.ActiveIdentity(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		if _, gerr := s.store.IdentityByName(ctx, name); gerr == nil {
@@ -96,7 +99,9 @@ func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (A
 	}
 	ac := ActiveCertificate{Certificate: tc, Info: ActiveInfo{Identity: name, Version: v.Version, Serial: v.Serial, FingerprintSHA256: v.Fingerprint}}
 	s.mu.Lock()
-	s.active[name] = &activeEntry{identityID: ident.ID, revision: ident.Revision, checkedAt: now, active: ac}
+	if s.gen.Load() == gen {
+		s.active[name] = &activeEntry{identityID: ident.ID, revision: ident.Revision, checkedAt: now, active: ac}
+	}
 	s.mu.Unlock()
 	return ac, nil
 }
@@ -105,16 +110,16 @@ func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (A
 func (s *Service) invalidate(name string) {
 	s.mu.Lock()
 	delete(s.active, name)
-	s.mu.Unlock()
 	s.gen.Add(1)
+	s.mu.Unlock()
 }
 
 // invalidateCA drops a cached CA bundle after a local change.
 func (s *Service) invalidateCA(name string) {
 	s.mu.Lock()
 	delete(s.anchors, name)
-	s.mu.Unlock()
 	s.gen.Add(1)
+	s.mu.Unlock()
 }
 
 type anchorEntry struct {

@@ -268,6 +268,7 @@ func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certifi
 			out = append(out, e.certs...)
 			continue
 		}
+		gen := s.gen.Load()
 		c, err := s.store.CAByName(ctx, n)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, &NotFoundError{Kind: "CA", Name: n}
@@ -279,7 +280,9 @@ func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certifi
 			return nil, fmt.Errorf("truststore: stored ca %q does not parse: %w", n, err)
 		}
 		s.mu.Lock()
-		s.anchors[n] = &anchorEntry{checkedAt: now, certs: certs}
+		if s.gen.Load() == gen {
+			s.anchors[n] = &anchorEntry{checkedAt: now, certs: certs}
+		}
 		s.mu.Unlock()
 		out = append(out, certs...)
 	}
