@@ -32,19 +32,44 @@ const maxStoredOutput = 1 << 20
 // maxRetryAfter caps a server's Retry-After.
 const maxRetryAfter = time.Hour
 
+// leaseRetry is how soon a job that found its run leased to another worker
+// tries again.
+const leaseRetry = 250 * time.Millisecond
+
 // advance is the queue's handler: it moves one run as far as it can go.
 func (e *Engine) advance(ctx context.Context, runID string) error {
 	now := e.clock.Now()
-	ok, err := e.st.AcquireRunLease(ctx, runID, e.cfg.Node, now, now.Add(e.cfg.JobTimeout+15*time.Second))
+	// The lease names this advance, not just this node: two workers of one
+	// node (the run's job and the job a cancel or a finished child
+	// enqueued) must not advance the run at once.
+	owner, err := newID(e.cfg.Node + "/")
+	if err != nil {
+		return err
+	}
+	// The lease lasts as long as River lets a job run before it deems its
+	// node dead: a rescued job finds the dead node's lease expired.
+	ok, err := e.st.AcquireRunLease(ctx, runID, owner, now, now.Add(max(e.cfg.RescueAfter, e.cfg.JobTimeout)))
 	if err != nil {
 		return err
 	}
 	if !ok {
-		// Another worker is advancing this run right now; it carries on.
-		return nil
+		// Another worker holds the run: it is advancing it (and this job
+		// was enqueued to wake it: a cancel, a finished child), or its node
+		// died and the lease has yet to expire. Dropping this job would lose
+		// the wake-up, or the run; try again shortly.
+		r, err := e.st.Run(ctx, runID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if terminal(r.Status) {
+			return nil
+		}
+		return queue.Snooze(leaseRetry)
 	}
 	defer func() {
-		if err := e.st.ReleaseRunLease(context.WithoutCancel(ctx), runID, e.cfg.Node); err != nil {
+		if err := e.st.ReleaseRunLease(context.WithoutCancel(ctx), runID, owner); err != nil {
 			e.log.Warn("release run lease", "run", runID, "err", err)
 		}
 	}()
@@ -152,11 +177,11 @@ func (x *execution) advance(ctx context.Context) error {
 	}
 	if r.Status == StatusQueued {
 		if limit := x.doc.Settings.Concurrency; limit > 0 {
-			n, err := x.e.st.CountRuns(ctx, r.FlowName, StatusRunning, StatusSleeping)
+			ok, err := x.claimSlot(ctx, limit)
 			if err != nil {
 				return err
 			}
-			if n >= limit {
+			if !ok {
 				return queue.Snooze(time.Second)
 			}
 		}
@@ -209,9 +234,14 @@ func completed(cp store.Step) bool {
 	return cp.Status == StepSucceeded || cp.Status == StepSkipped || (cp.Status == StepFailed && cp.State == `{"continued":true}`)
 }
 
+// result is a checkpointed step's result as expressions see it (integers
+// as int64, as when the step first ran).
 func (x *execution) result(cp store.Step) any {
-	v := decodeJSON(cp.Output)
-	if v == nil {
+	if cp.Output == "" {
+		return map[string]any{}
+	}
+	v, err := flow.DecodeJSON([]byte(cp.Output))
+	if err != nil || v == nil {
 		return map[string]any{}
 	}
 	return v
@@ -766,8 +796,7 @@ func callResult(resp *connector.Response, d time.Duration) map[string]any {
 	var body any = string(resp.Body)
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if mt == "application/json" || strings.HasSuffix(mt, "+json") {
-		var v any
-		if err := json.Unmarshal(resp.Body, &v); err == nil {
+		if v, err := flow.DecodeJSON(resp.Body); err == nil {
 			body = v
 		}
 	}
@@ -805,17 +834,8 @@ func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }
 
-func text(v any) string {
-	switch t := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return t
-	case map[string]any, []any:
-		return encode(t)
-	}
-	return fmt.Sprint(v)
-}
+// text is how a value is written into a query parameter or header.
+func text(v any) string { return flow.Text(v) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
@@ -824,6 +844,42 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// claimSlot starts a queued run of a flow with settings.concurrency if
+// fewer than limit of its runs are running or sleeping. Counting and
+// starting happen in one transaction under the flow's row lock (SQLite's
+// single writer serialises them anyway): two workers cannot both take the
+// last slot.
+func (x *execution) claimSlot(ctx context.Context, limit int) (bool, error) {
+	claimed := false
+	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+		if _, err := tx.FlowByName(ctx, x.run.FlowName); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		n, err := tx.CountRuns(ctx, x.run.FlowName, StatusRunning, StatusSleeping)
+		if err != nil {
+			return err
+		}
+		if n >= limit {
+			return nil
+		}
+		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		if err != nil {
+			return err
+		}
+		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
+		r.Status, r.UpdatedAt = StatusRunning, now
+		if r.StartedAt == nil {
+			r.StartedAt = &now
+		}
+		if err := tx.UpdateRun(ctx, r); err != nil {
+			return err
+		}
+		x.run, claimed = r, true
+		return nil
+	})
+	return claimed, err
 }
 
 // setStatus moves the run to status (recording when it started).
@@ -860,8 +916,24 @@ func (x *execution) pause(ctx context.Context, out outcome) error {
 	return queue.Snooze(*out.pause)
 }
 
+// redactError returns rerr with secret inputs redacted from its text.
+func (x *execution) redactError(rerr *RunError) *RunError {
+	if rerr == nil {
+		return nil
+	}
+	out := *rerr
+	for _, secret := range x.secrets {
+		out.Message = strings.ReplaceAll(out.Message, secret, "[redacted]")
+		out.Hint = strings.ReplaceAll(out.Hint, secret, "[redacted]")
+	}
+	return &out
+}
+
 // fail records the run's failure and runs its on_error steps.
 func (x *execution) fail(ctx context.Context, rerr *RunError) error {
+	// The error is stored, audited, shown and sent with run.failed: no
+	// secret input may be in it.
+	rerr = x.redactError(rerr)
 	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, x.run.ID)
 		if err != nil {
@@ -902,6 +974,7 @@ func (x *execution) onError(ctx context.Context, sc *scope) error {
 // run woken, and the run.failed event emitted — in one transaction.
 func (x *execution) finish(ctx context.Context, status string, output any, rerr *RunError) error {
 	ctx = context.WithoutCancel(ctx)
+	rerr = x.redactError(rerr)
 	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, x.run.ID)
 		if err != nil {
