@@ -46,6 +46,9 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "private key for --tls-cert (PEM)")
 	f.StringVar(&cfg.LogFormat, "log-format", config.DefaultLogFormat, "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.IntVar(&cfg.Workers, "workers", 0, "how many runs this node advances at once (default 16)")
+	f.DurationVar(&cfg.JobTimeout, "job-timeout", 0, "bound on one advance of a run; the engine yields long before (default 5m)")
+	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0, "how long after a node died its runs resume on another (or the restarted) node; must exceed --job-timeout (default --job-timeout + 1m)")
 	return cmd
 }
 

@@ -144,6 +144,13 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 
 // Start registers the schedules and starts the workers.
 func (e *Engine) Start(ctx context.Context) error {
+	if e.st.Dialect() == store.SQLite {
+		// One node: leases held now were held by this node's previous
+		// process, which died; its runs resume at once.
+		if err := e.st.ReleaseRunLeases(ctx); err != nil {
+			return err
+		}
+	}
 	if err := e.SyncSchedules(ctx); err != nil {
 		return err
 	}

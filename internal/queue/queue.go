@@ -169,7 +169,19 @@ func (q *Queue) EnqueueTx(ctx context.Context, tx *store.Tx, runID string, at ti
 }
 
 // Start starts the workers.
+//
+// On SQLite it first makes the jobs left running by this node's previous
+// process available again. SQLite means one node, so a job found running
+// before the workers start belongs to a process that died (killed, power
+// lost); River would rescue it only after RescueAfter plus its rescuer's
+// 30s interval, and only once this node is elected leader. On PostgreSQL
+// other nodes may be working those jobs: River's rescuer decides.
 func (q *Queue) Start(ctx context.Context) error {
+	if q.st.Dialect() == store.SQLite {
+		if _, err := q.st.DB().ExecContext(ctx, "UPDATE river_job SET state = 'available' WHERE state = 'running' AND queue = $1", river.QueueDefault); err != nil {
+			return fmt.Errorf("queue: make the jobs of a dead process available: %w", err)
+		}
+	}
 	if err := q.client.Start(ctx); err != nil {
 		return fmt.Errorf("queue: start: %w", err)
 	}

@@ -331,8 +331,9 @@ func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]Run, error) {
 	return out, rows.Err()
 }
 
-// CountRuns counts a flow's runs in the given statuses.
-func (s *Store) CountRuns(ctx context.Context, flow string, statuses ...string) (int, error) {
+// CountRuns counts a flow's runs in the given statuses, inside the
+// transaction (so that a check and the change it allows commit together).
+func (t *Tx) CountRuns(ctx context.Context, flow string, statuses ...string) (int, error) {
 	args := []any{flow}
 	var ph []string
 	for _, st := range statuses {
@@ -340,10 +341,20 @@ func (s *Store) CountRuns(ctx context.Context, flow string, statuses ...string) 
 		ph = append(ph, fmt.Sprintf("$%d", len(args)))
 	}
 	var n int
-	if err := s.read.QueryRowContext(ctx, "SELECT COUNT(*) FROM runs WHERE flow_name = $1 AND status IN ("+strings.Join(ph, ", ")+")", args...).Scan(&n); err != nil {
+	if err := t.tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM runs WHERE flow_name = $1 AND status IN ("+strings.Join(ph, ", ")+")", args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("store: count runs of %q: %w", flow, err)
 	}
 	return n, nil
+}
+
+// ReleaseRunLeases gives up every run lease. Only a node that knows it is
+// the only one (SQLite) may call it, at start, before its workers run: the
+// leases it finds were held by its own previous, dead process.
+func (s *Store) ReleaseRunLeases(ctx context.Context) error {
+	if _, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_owner = '', lease_until = 0 WHERE lease_owner <> ''"); err != nil {
+		return fmt.Errorf("store: release run leases: %w", mapErr(err))
+	}
+	return nil
 }
 
 // Step is one step checkpoint of a run.
