@@ -46,7 +46,7 @@ func (e *Engine) scheduleSpecs(ctx context.Context) ([]queue.Schedule, error) {
 			e.log.Warn("flow schedule does not parse", "flow", n, "cron", d.Trigger.Cron, "err", err)
 			continue
 		}
-		out = append(out, queue.Schedule{ID: fmt.Sprintf("flow:%s@%d", n, head.CurrentVersion), Flow: n, Spec: spec})
+		out = append(out, queue.Schedule{ID: fmt.Sprintf("flow:%s/v%d", n, head.CurrentVersion), Flow: n, Spec: spec})
 	}
 	return out, nil
 }

@@ -97,3 +97,54 @@ func TestRotationEmitsIdentityRotated(t *testing.T) {
 		require.Equal(t, engine.StatusSucceeded, done.Status)
 	})
 }
+
+const everyTwoSeconds = `apiVersion: trustflow/v1
+kind: Flow
+name: tick
+trigger: {schedule: {cron: "@every 2s"}}
+steps:
+  - id: note
+    set: {at: "${run.started_at}"}
+`
+
+// TestScheduleFiresOncePerTickAcrossNodes runs two engines (two nodes) on
+// one database: River's leader alone enqueues each tick, so no tick fires
+// twice.
+func TestScheduleFiresOncePerTickAcrossNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for several schedule ticks")
+	}
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		var cfg engine.Config
+		e := newEnvWith(t, st, func(c *engine.Config) { cfg = *c })
+		cfg.Node = "second-node"
+		second, err := engine.New(ctx, cfg)
+		require.NoError(t, err)
+		require.NoError(t, second.Start(ctx))
+		t.Cleanup(func() { second.Stop(context.Background()) })
+
+		_, err = e.eng.Apply(ctx, admin, []engine.Source{{Filename: "tick.yaml", Source: everyTwoSeconds}})
+		require.NoError(t, err)
+		require.NoError(t, second.SyncSchedules(ctx))
+
+		deadline := time.Now().Add(40 * time.Second)
+		var runs []engine.RunView
+		for time.Now().Before(deadline) {
+			runs, err = e.eng.ListRuns(ctx, engine.RunFilter{Flow: "tick"})
+			require.NoError(t, err)
+			if len(runs) >= 3 {
+				break
+			}
+			time.Sleep(200 * time.Millisecond) // polling the database for ticks, bounded by the deadline
+		}
+		require.GreaterOrEqual(t, len(runs), 3, "the schedule fired %d times in 40s", len(runs))
+		for i := 1; i < len(runs); i++ {
+			gap := runs[i-1].CreatedAt.Sub(runs[i].CreatedAt)
+			require.Greater(t, gap, time.Second, "two runs %s apart: a tick fired twice", gap)
+		}
+		for _, r := range runs {
+			require.Equal(t, "schedule", r.Trigger)
+		}
+	})
+}

@@ -67,7 +67,7 @@ func (q *Queue) SetSchedules(specs []Schedule) error {
 		}
 		flow := s.Flow
 		job := river.NewPeriodicJob(s.Spec, func() (river.JobArgs, *river.InsertOpts) {
-			return ScheduleArgs{Flow: flow}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true, ByPeriod: time.Minute}}
+			return ScheduleArgs{Flow: flow}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true, ByPeriod: time.Second}}
 		}, &river.PeriodicJobOpts{ID: id})
 		if _, err := q.client.PeriodicJobs().AddSafely(job); err != nil {
 			return err
