@@ -324,18 +324,9 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (Verification, 
 	if len(req.Leaf) == 0 {
 		return Verification{}, invalid("leaf", "required", "no certificate to verify was given", "pass the server's certificate with --leaf")
 	}
-	leaves, err := pki.ParseCertificates(req.Leaf)
+	leaf, inter, err := leafAndChain("leaf", req.Leaf, "intermediates", req.Intermediates)
 	if err != nil {
-		return Verification{}, fieldError("leaf", err)
-	}
-	// A leaf file may carry the chain after the leaf, as servers send it.
-	leaf, inter := leaves[0], leaves[1:]
-	if len(req.Intermediates) > 0 {
-		more, err := pki.ParseCertificates(req.Intermediates)
-		if err != nil {
-			return Verification{}, fieldError("intermediates", err)
-		}
-		inter = append(inter, more...)
+		return Verification{}, err
 	}
 	purpose := req.Purpose
 	switch purpose {
@@ -373,4 +364,23 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (Verification, 
 		out.Chain = append(out.Chain, pki.Info(c))
 	}
 	return out, nil
+}
+
+// leafAndChain reads a certificate file whose first certificate is the leaf
+// (any after it are its chain, as servers send them) and an optional file
+// of more chain certificates; errors name the field at fault.
+func leafAndChain(leafField string, leafData []byte, chainField string, chainData []byte) (*x509.Certificate, []*x509.Certificate, error) {
+	certs, err := pki.ParseCertificates(leafData)
+	if err != nil {
+		return nil, nil, fieldError(leafField, err)
+	}
+	leaf, chain := certs[0], certs[1:]
+	if len(chainData) > 0 {
+		more, err := pki.ParseCertificates(chainData)
+		if err != nil {
+			return nil, nil, fieldError(chainField, err)
+		}
+		chain = append(chain, more...)
+	}
+	return leaf, chain, nil
 }

@@ -406,17 +406,9 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 	if len(req.Cert) == 0 {
 		return Identity{}, invalid("cert", "required", "no certificate was given", "pass the certificate your CA signed from the CSR with --cert FILE")
 	}
-	certs, err := pki.ParseCertificates(req.Cert)
+	leaf, chain, err := leafAndChain("cert", req.Cert, "chain", req.Chain)
 	if err != nil {
-		return Identity{}, fieldError("cert", err)
-	}
-	leaf, chain := certs[0], certs[1:]
-	if len(req.Chain) > 0 {
-		more, err := pki.ParseCertificates(req.Chain)
-		if err != nil {
-			return Identity{}, fieldError("chain", err)
-		}
-		chain = append(chain, more...)
+		return Identity{}, err
 	}
 	if err := s.checkCertificate(leaf, chain, req.AllowExpired); err != nil {
 		return Identity{}, err
