@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/store"
 )
 
 // TestResult is the outcome of `connector test`.
@@ -89,11 +90,12 @@ func (s *Service) recordTest(ctx context.Context, actor audit.Actor, name string
 		outcome = audit.OutcomeFailure
 		details["error"] = res.Error
 	}
-	if err := s.store.RecordConnectorTest(ctx, name, s.clock.Now(), res.OK, lastErr); err != nil {
-		return res, err
-	}
-	if err := s.audit.Record(ctx, audit.Entry{Actor: actor, Action: "connector.test", Target: "connector/" + name, Outcome: outcome, Details: details}); err != nil {
-		return res, err
-	}
-	return res, nil
+	err := s.store.InTx(ctx, func(tx *store.Tx) error {
+		if err := tx.RecordConnectorTest(ctx, name, s.clock.Now(), res.OK, lastErr); err != nil {
+			return err
+		}
+		_, err := s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.test", Target: "connector/" + name, Outcome: outcome, Details: details})
+		return err
+	})
+	return res, err
 }

@@ -97,9 +97,9 @@ func (t *Tx) UpdateConnector(ctx context.Context, c Connector) error {
 	return t.writeConnectorCAs(ctx, c)
 }
 
-// RecordConnectorTest stores the outcome of a connector's latest test or call.
-func (s *Store) RecordConnectorTest(ctx context.Context, name string, at time.Time, ok bool, lastError string) error {
-	_, err := s.write.ExecContext(ctx, "UPDATE connectors SET last_test_at = $1, last_test_ok = $2, last_error = $3 WHERE name = $4", micros(at), ok, lastError, name)
+// RecordConnectorTest stores the outcome of a connector's latest test.
+func (t *Tx) RecordConnectorTest(ctx context.Context, name string, at time.Time, ok bool, lastError string) error {
+	_, err := t.tx.ExecContext(ctx, "UPDATE connectors SET last_test_at = $1, last_test_ok = $2, last_error = $3 WHERE name = $4", micros(at), ok, lastError, name)
 	if err != nil {
 		return fmt.Errorf("store: record test of connector %q: %w", name, mapErr(err))
 	}
