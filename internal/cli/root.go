@@ -115,7 +115,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g))
 	root.AddCommand(newProbeCmd(g))
 	root.AddCommand(newConnectorCmd(g), newQuickstartCmd(g))
-	root.AddCommand(newFlowCmd(g), newRunCmd(g))
+	root.AddCommand(newFlowCmd(g), newRunCmd(g), newLoadCmd(g))
 	return root
 }
 
