@@ -234,7 +234,15 @@ func (c *client) diagnoseAlert(alert string) Diagnosis {
 	case "access_denied":
 		d.Message = fmt.Sprintf("the server accepted the certificate of %s but denied access (access_denied)", who)
 		d.Hint = "ask the server's owner to authorise this certificate's subject"
-	case "protocol_version", "insufficient_security", "handshake_failure":
+	case "handshake_failure":
+		if c.conn.Identity == "" {
+			d.Message = fmt.Sprintf("the server ended the handshake (handshake_failure) and connector %s presented no client certificate: the server most likely requires one", c.conn.Name)
+			d.Hint = "set an identity on the connector (`trustflow connector update " + c.conn.Name + " --identity NAME`); if it already should not need one, check the server's TLS versions and cipher suites"
+		} else {
+			d.Message = fmt.Sprintf("the server refused the handshake (handshake_failure): no TLS version, cipher suite or key type in common with connector %s, or it refused the client certificate of %s", c.conn.Name, who)
+			d.Hint = "check the server's TLS settings (trustflow offers TLS " + c.conn.MinTLS + "+ with modern suites) and its log for why it refused the certificate"
+		}
+	case "protocol_version", "insufficient_security":
 		d.Message = fmt.Sprintf("the server refused the handshake (%s): no TLS version, cipher suite or key type in common with connector %s", alert, c.conn.Name)
 		d.Hint = "check the server's TLS settings: trustflow offers TLS " + c.conn.MinTLS + "+ with modern cipher suites"
 	default:
