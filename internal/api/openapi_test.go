@@ -115,8 +115,9 @@ func TestUnknownEndpoint(t *testing.T) {
 		requireError(t, e.do("GET", "/api/v2/nothing", "", ""), http.StatusNotFound, errorDetail{
 			Code: "not_found", Message: "no endpoint GET /api/v2/nothing",
 			Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"})
-		requireError(t, e.do("PUT", "/api/v1/tokens", e.admin, ""), http.StatusNotFound, errorDetail{
-			Code: "not_found", Message: "no endpoint PUT /api/v1/tokens",
-			Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"})
+		resp := e.do("PUT", "/api/v1/tokens", e.admin, "")
+		require.Equal(t, "POST, GET", resp.Header().Get("Allow"))
+		requireError(t, resp, http.StatusMethodNotAllowed, errorDetail{
+			Code: "method_not_allowed", Message: "PUT is not allowed on /api/v1/tokens", Hint: "use POST or GET"})
 	})
 }

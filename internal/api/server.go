@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -100,12 +101,35 @@ func New(cfg Config) *Server {
 	for _, rt := range s.routes {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
 	}
-	s.mux.Handle("/", s.wrap(Route{handler: func(w http.ResponseWriter, r *http.Request) error {
-		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no endpoint " + r.Method + " " + r.URL.Path,
-			Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"}
-	}, Public: true}))
+	s.mux.Handle("/", s.wrap(Route{handler: s.unmatched, Public: true}))
 	s.handler = s.observe(s.mux)
 	return s
+}
+
+// unmatched answers a request no route serves: 405 with Allow when the path
+// exists for other methods, else 404.
+func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
+	paths := http.NewServeMux()
+	seen := map[string]bool{}
+	for _, rt := range s.routes {
+		if !seen[rt.Path] {
+			seen[rt.Path] = true
+			paths.HandleFunc(rt.Path, func(http.ResponseWriter, *http.Request) {})
+		}
+	}
+	if _, pattern := paths.Handler(r); pattern != "" {
+		var allow []string
+		for _, rt := range s.routes {
+			if rt.Path == pattern {
+				allow = append(allow, rt.Method)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		return &Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
+			Message: fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path), Hint: "use " + strings.Join(allow, " or ")}
+	}
+	return &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no endpoint " + r.Method + " " + r.URL.Path,
+		Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"}
 }
 
 // Handler returns the root handler.
