@@ -30,6 +30,7 @@ import (
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
+	"github.com/trustflow/trustflow/internal/web"
 )
 
 // Options are what the CLI hands the composition root besides the config.
@@ -55,6 +56,7 @@ type App struct {
 	Connectors *connector.Service
 	Engine     *engine.Engine
 	API        *api.Server
+	Console    *web.Console
 
 	// AdminToken is the admin token's secret when this start created it.
 	AdminToken string
@@ -163,6 +165,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
 		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
 	})
+	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine,
+		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -182,7 +190,7 @@ func (a *App) Start(ctx context.Context) error {
 		return fmt.Errorf("app: listen on %s (is another trustflow running? choose another with --listen): %w", a.cfg.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           a.API.Handler(),
+		Handler:           a.Console.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,
