@@ -219,6 +219,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	}
 	say("   Every call carried Idempotency-Key <run id>/<step path>, e.g. %s/lookup.", run.ID)
 	say("")
+	say("The console is at %s/ (sign in with the admin token in %s).", a.URL(), tokenFile)
 	say("The API is at %s (OpenAPI: %s/api/v1/openapi.json). Try:", a.URL(), a.URL())
 	say("  trustflow --server %s run show %s", a.URL(), run.ID)
 	say("  trustflow --server %s connector show %s", a.URL(), ConnectorName)
