@@ -165,7 +165,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
 		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
 	})
-	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine,
+	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine, Prober: prober,
 		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
 		st.Close()

@@ -39,8 +39,8 @@ output:
 
 // TestBrowser drives headless chromium through the console of a real
 // server: sign in, add a CA by upload, import an identity, create and test
-// a connector against a loopback mTLS server, apply and run a flow, read
-// the run, and rotate the identity. Each page's screenshot is saved to the
+// a connector against a loopback mTLS server, probe that server, apply and
+// run a flow, read the run, edit the connector, and rotate the identity. Each page's screenshot is saved to the
 // test's temp dir, and the main ones to docs/console when
 // TRUSTFLOW_UPDATE_SCREENSHOTS=1.
 func TestBrowser(t *testing.T) {
@@ -151,6 +151,20 @@ func TestBrowser(t *testing.T) {
 	require.Contains(t, result, "directory-client version 1")
 	require.Contains(t, result, ca.Cert.Subject.String(), "the CAs the server named")
 
+	run("probe the endpoint",
+		chromedp.Navigate(base+"/ui/connectors"),
+		chromedp.Click(chromedp.CSS(`a[href="/ui/probe"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#pr-url`)),
+		chromedp.SetValue(chromedp.CSS(`#pr-url`), server.URL),
+		chromedp.Click(chromedp.CSS(`input[name="cas"][value="directory-ca"]`)),
+		chromedp.SetValue(chromedp.CSS(`#pr-identity`), "directory-client"),
+		chromedp.Click(chromedp.CSS(`form[action="/ui/probe"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`section.result`)),
+		shot("probe"),
+	)
+	require.Equal(t, "enforced", text("section.result h2 .badge"))
+	require.Contains(t, text("section.result table"), "anonymous_refused")
+
 	var runURL string
 	run("apply and run a flow",
 		chromedp.Navigate(base+"/ui/editor"),
@@ -178,6 +192,18 @@ func TestBrowser(t *testing.T) {
 	require.Equal(t, "succeeded", text("h1 .badge"))
 	require.Contains(t, text("ol.steps"), "lookup")
 	require.Contains(t, text("main"), "/users/42")
+
+	run("edit the connector",
+		chromedp.Navigate(base+"/ui/connectors/directory"),
+		chromedp.SetValue(chromedp.CSS(`#ce-timeout`), "20s"),
+		chromedp.SetValue(chromedp.CSS(`#ce-min-tls`), "1.3"),
+		chromedp.Click(chromedp.CSS(`form[action="/ui/connectors/directory/update"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`.flash`)),
+		shot("connector-edit"),
+	)
+	require.Contains(t, text(".flash"), "Connector directory updated.")
+	require.Contains(t, text("dl.facts"), "20s")
+	require.Contains(t, text("dl.facts"), "1.3")
 
 	run("rotate the identity",
 		chromedp.Navigate(base+"/ui/identities/directory-client"),

@@ -1,9 +1,10 @@
 // Package web owns trustflow's web console: server-rendered HTML pages
-// under /ui/ for the trust store, connectors, flows, runs, the audit log
-// and tokens. It signs people in with an API token, keeps their sessions in
-// memory, guards every form with a per-session CSRF token, and acts only
-// through the same domain services and role permissions as the REST API,
-// so every change it makes is audited with the signed-in principal.
+// under /ui/ for the trust store, connectors and the endpoint probe, flows,
+// runs, the audit log and tokens. It signs people in with an API token,
+// keeps their sessions in memory (each ends as soon as its token is revoked
+// or expires), guards every form with a per-session CSRF token, and acts
+// only through the same domain services and role permissions as the REST
+// API, so every change it makes is audited with the signed-in principal.
 package web
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
@@ -43,6 +45,9 @@ type Config struct {
 	Trust      *truststore.Service
 	Connectors *connector.Service
 	Engine     *engine.Engine
+	// Prober runs the endpoint probe page. Defaults to a prober over Trust,
+	// Audit and Clock.
+	Prober *probe.Prober
 	// API serves every request outside the console ("/" and /ui/). Nil
 	// answers those with 404.
 	API http.Handler
@@ -88,8 +93,13 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Auth == nil || cfg.Audit == nil || cfg.Trust == nil || cfg.Connectors == nil || cfg.Engine == nil {
 		return nil, errors.New("web: Auth, Audit, Trust, Connectors and Engine are required")
 	}
-	c := &Console{cfg: cfg, log: cfg.Logger, sessions: newSessions(cfg.Clock, cfg.SessionTTL), mux: http.NewServeMux()}
 	var err error
+	if cfg.Prober == nil {
+		if cfg.Prober, err = probe.New(probe.Config{Trust: cfg.Trust, Audit: cfg.Audit, Clock: cfg.Clock}); err != nil {
+			return nil, fmt.Errorf("web: prober: %w", err)
+		}
+	}
+	c := &Console{cfg: cfg, log: cfg.Logger, sessions: newSessions(cfg.Clock, cfg.SessionTTL), mux: http.NewServeMux()}
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err
 	}
@@ -177,18 +187,26 @@ func (c *Console) routes() []route {
 	rs = append(rs, c.dashboardRoutes()...)
 	rs = append(rs, c.truststoreRoutes()...)
 	rs = append(rs, c.connectorRoutes()...)
+	rs = append(rs, c.probeRoutes()...)
 	rs = append(rs, c.flowRoutes()...)
 	rs = append(rs, c.auditRoutes()...)
 	rs = append(rs, c.tokenRoutes()...)
 	return rs
 }
 
-// guard resolves the session, checks the CSRF token of a POST and the
-// principal's role, then runs the handler.
+// guard resolves the session (ending it when its token is no longer
+// active), checks the CSRF token of a POST and the principal's role, then
+// runs the handler.
 func (c *Console) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
-		sess := c.sessions.fromRequest(r)
+		sess, err := c.liveSession(w, r)
+		if err != nil {
+			c.log.Error("console session check failed", "path", r.URL.Path, "err", err)
+			c.renderPage(w, r, nil, http.StatusServiceUnavailable, "error", "Unavailable", errorPage{Message: "Your sign-in could not be checked right now; nothing was changed.",
+				Hint: "Try again in a moment."})
+			return
+		}
 		if sess == nil {
 			if r.Method == http.MethodGet {
 				http.Redirect(w, r, "/ui/signin?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)

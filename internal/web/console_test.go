@@ -118,6 +118,59 @@ func TestSignIn(t *testing.T) {
 	})
 }
 
+// TestRevokedTokenEndsSession runs against SQLite and PostgreSQL: a
+// session ends on the first request after its token is revoked or expires.
+func TestRevokedTokenEndsSession(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		e := newEnv(t, st)
+		ctx := context.Background()
+		tok, secret, err := e.auth.Create(ctx, e.adminP, auth.CreateRequest{Name: "ops", Role: string(auth.RoleEditor)})
+		require.NoError(t, err)
+		b := e.signIn(t, secret)
+		resp, _ := b.get("/ui/connectors")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		_, err = e.auth.Revoke(ctx, e.adminP, tok.ID)
+		require.NoError(t, err)
+		resp, _ = b.get("/ui/connectors")
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		require.Equal(t, "/ui/signin?next=%2Fui%2Fconnectors", resp.Header.Get("Location"))
+		var cleared bool
+		for _, c := range resp.Cookies() {
+			cleared = cleared || (c.Name == "trustflow_session" && c.MaxAge < 0)
+		}
+		require.True(t, cleared, "the session cookie is deleted")
+		resp, _ = b.get("/ui/")
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		resp, _ = b.post("/ui/tokens", url.Values{"name": {"x"}, "role": {"admin"}})
+		require.Equal(t, http.StatusForbidden, resp.StatusCode)
+		toks, err := e.auth.List(ctx)
+		require.NoError(t, err)
+		require.Len(t, toks, 2, "nothing was created")
+		// The token cannot sign in again.
+		resp, _ = b.get("/ui/signin")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+
+		// A session whose token expires ends with it, before the session's
+		// own 8h.
+		_, secret, err = e.auth.Create(ctx, e.adminP, auth.CreateRequest{Name: "short", Role: string(auth.RoleAuditor), ExpiresIn: "1h"})
+		require.NoError(t, err)
+		b = e.signIn(t, secret)
+		e.clock.Advance(time.Hour - time.Second)
+		resp, _ = b.get("/ui/")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		e.clock.Advance(time.Second)
+		resp, _ = b.get("/ui/")
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		require.True(t, strings.HasPrefix(resp.Header.Get("Location"), "/ui/signin"))
+
+		// Other sessions are unaffected.
+		a := e.signIn(t, e.admin)
+		resp, _ = a.get("/ui/tokens")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	})
+}
+
 // navPages are the pages the main navigation links to.
 var navPages = map[string]bool{"/ui/": true, "/ui/cas": true, "/ui/identities": true, "/ui/connectors": true, "/ui/flows": true, "/ui/runs": true, "/ui/audit": true, "/ui/tokens": true}
 
@@ -143,6 +196,7 @@ func TestPagesByRole(t *testing.T) {
 		"/ui/audit":               auth.PermAuditRead,
 		"/ui/audit/verify":        auth.PermAuditRead,
 		"/ui/tokens":              auth.PermTokensRead,
+		"/ui/probe":               auth.PermConnectorsUse,
 	}
 	// offers maps a form's action to the permission that offers it.
 	offers := map[string]struct {
@@ -157,6 +211,10 @@ func TestPagesByRole(t *testing.T) {
 		`action="/ui/flows/greet/runs"`:            {"/ui/flows/greet", auth.PermRunsWrite},
 		`action="/ui/runs/` + f.runID + `/cancel"`: {"/ui/runs/" + f.runID, auth.PermRunsWrite},
 		`action="/ui/tokens"`:                      {"/ui/tokens", auth.PermTokensWrite},
+		`href="/ui/probe"`:                         {"/ui/connectors", auth.PermConnectorsUse},
+		`action="/ui/probe"`:                       {"/ui/probe", auth.PermConnectorsUse},
+		`action="/ui/connectors/hr/update"`:        {"/ui/connectors/hr", auth.PermConnectorsWrite},
+		`action="/ui/connectors/hr/remove"`:        {"/ui/connectors/hr", auth.PermConnectorsWrite},
 	}
 	for _, role := range auth.Roles {
 		t.Run(string(role), func(t *testing.T) {
@@ -199,11 +257,37 @@ func TestPagesByRole(t *testing.T) {
 			}
 			resp, _ = b.post("/ui/tokens", url.Values{"name": {"x"}, "role": {"admin"}})
 			require.Equal(t, role.Can(auth.PermTokensWrite), resp.StatusCode == http.StatusCreated, "%d", resp.StatusCode)
+
+			// Connector changes and probes need their permissions.
+			cnBefore, err := e.connectors.Get(context.Background(), "hr")
+			require.NoError(t, err)
+			resp, _ = b.post("/ui/connectors/hr/update", url.Values{"description": {hostile}, "url": {f.server.URL}, "identity": {"payments"}, "cas": {"root"},
+				"min_tls": {"1.2"}, "timeout": {"45s"}})
+			cnAfter, err := e.connectors.Get(context.Background(), "hr")
+			require.NoError(t, err)
+			if role.Can(auth.PermConnectorsWrite) {
+				require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+				require.Equal(t, "45s", cnAfter.Timeout)
+			} else {
+				require.Equal(t, http.StatusForbidden, resp.StatusCode)
+				require.Equal(t, cnBefore, cnAfter)
+				resp, _ = b.post("/ui/connectors/hr/remove", url.Values{"confirm": {"on"}})
+				require.Equal(t, http.StatusForbidden, resp.StatusCode)
+				_, err = e.connectors.Get(context.Background(), "hr")
+				require.NoError(t, err, "not removed")
+			}
+			if !role.Can(auth.PermConnectorsUse) {
+				resp, _ = b.post("/ui/probe", url.Values{"url": {f.server.URL}, "cas": {"root"}})
+				require.Equal(t, http.StatusForbidden, resp.StatusCode)
+			}
 		})
 	}
 	recs, err := e.audit.List(context.Background(), audit.Filter{Action: "auth.denied", Limit: 1000})
 	require.NoError(t, err)
 	require.NotEmpty(t, recs, "refusals are audited")
+	recs, err = e.audit.List(context.Background(), audit.Filter{Action: "probe.run"})
+	require.NoError(t, err)
+	require.Empty(t, recs, "a refused probe connects nowhere")
 }
 
 // TestCSRF refuses a change without the session's CSRF token, and changes
@@ -236,6 +320,18 @@ func TestCSRF(t *testing.T) {
 			r, _ := b.postForm("/ui/tokens/"+e.adminP.TokenID+"/revoke", nil)
 			return r
 		}},
+		{"connector update", func() *http.Response {
+			r, _ := b.postForm("/ui/connectors/hr/update", url.Values{"url": {f.server.URL}, "identity": {"payments"}, "cas": {"root"}, "timeout": {"5s"}})
+			return r
+		}},
+		{"connector remove", func() *http.Response {
+			r, _ := b.postForm("/ui/connectors/hr/remove", url.Values{"confirm": {"on"}, "csrf": {other.csrf}})
+			return r
+		}},
+		{"probe", func() *http.Response {
+			r, _ := b.postForm("/ui/probe", url.Values{"url": {f.server.URL}, "cas": {"root"}})
+			return r
+		}},
 		{"cancel run", func() *http.Response {
 			r, _ := b.postForm("/ui/runs/"+f.runID+"/cancel", url.Values{"csrf": {"x"}})
 			return r
@@ -253,6 +349,9 @@ func TestCSRF(t *testing.T) {
 	cas, err := e.trust.ListCAs(context.Background())
 	require.NoError(t, err)
 	require.Len(t, cas, 1)
+	cn, err := e.connectors.Get(context.Background(), "hr")
+	require.NoError(t, err, "the connector is not removed")
+	require.Equal(t, "30s", cn.Timeout, "nor changed")
 	run, err := e.engine.GetRun(context.Background(), f.runID)
 	require.NoError(t, err)
 	require.Equal(t, engine.StatusQueued, run.Status)

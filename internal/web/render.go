@@ -16,6 +16,7 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/flow"
+	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -107,6 +108,8 @@ var funcs = template.FuncMap{
 	"ms":    func(n int64) string { return (time.Duration(n) * time.Millisecond).String() },
 	"deref": func(b *bool) bool { return b != nil && *b },
 	"isnil": func(b *bool) bool { return b == nil },
+	// fieldIs reports whether a refused form's error names field.
+	"fieldIs": func(fe *formError, field string) bool { return fe != nil && fe.Field == field },
 }
 
 // shortHex abbreviates a long fingerprint for tables.
@@ -180,7 +183,7 @@ type errorPage struct {
 // renderStatus shows a message page, signed in or not.
 func (c *Console) renderStatus(w http.ResponseWriter, r *http.Request, status int, title, msg string) {
 	var rq *request
-	if sess := c.sessions.fromRequest(r); sess != nil {
+	if sess, _ := c.liveSession(w, r); sess != nil { // a session that cannot be checked shows the page signed out
 		rq = &request{p: sess.principal, sess: sess}
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -217,9 +220,13 @@ func (c *Console) formError(r *http.Request, err error) *formError {
 		eConf  *engine.ConflictError
 		eNF    *engine.NotFoundError
 		aIn    *auth.InvalidError
+		pIn    *probe.InputError
 		tooBig *http.MaxBytesError
 	)
 	switch {
+	// A probe's input error wraps the trust store's error it stems from.
+	case errors.As(err, &pIn):
+		return &formError{Status: http.StatusBadRequest, Field: pIn.Field, Message: pIn.Field + ": " + pIn.Message, Hint: pIn.Hint}
 	case errors.As(err, &tsIn):
 		return &formError{Status: http.StatusBadRequest, Field: tsIn.Field, Message: tsIn.Field + ": " + tsIn.Message, Hint: tsIn.Hint}
 	case errors.As(err, &tsConf):

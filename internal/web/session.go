@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/store"
 )
 
 // Cookie names.
@@ -22,8 +24,9 @@ const (
 	signInCookie  = "trustflow_signin"
 )
 
-// session is one signed-in browser. It holds the principal, never the
-// token it signed in with.
+// session is one signed-in browser. It holds the principal (with the id
+// of the token it signed in with, checked on every request), never the
+// token's secret.
 type session struct {
 	principal auth.Principal
 	csrf      string
@@ -117,14 +120,34 @@ func (s *sessions) remove(id string) {
 	s.mu.Unlock()
 }
 
-// fromRequest returns the request's live session, or nil.
-func (s *sessions) fromRequest(r *http.Request) *session {
+// liveSession returns the request's session while the token it signed in
+// with is still active. A session whose token was revoked, has expired or
+// no longer exists is ended, and its cookie deleted; the answer is then
+// nil, as for a request without a session. An error means the token could
+// not be checked: the session is kept, the request is not served.
+func (c *Console) liveSession(w http.ResponseWriter, r *http.Request) (*session, error) {
 	ck, err := r.Cookie(sessionCookie)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	return s.get(ck.Value)
+	sess := c.sessions.get(ck.Value)
+	if sess == nil {
+		return nil, nil
+	}
+	tok, err := c.cfg.Auth.Get(r.Context(), sess.principal.TokenID)
+	switch {
+	case err == nil && tok.Status == tokenActive:
+		return sess, nil
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	c.sessions.remove(ck.Value)
+	setCookie(w, r, sessionCookie, "", -1)
+	return nil, nil
 }
+
+// tokenActive is the status of a token that is neither revoked nor expired.
+const tokenActive = "active"
 
 // checkCSRF reports whether a POST carries its session's CSRF token. The
 // form (multipart included) must already be parsed.
