@@ -16,6 +16,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore/truststoretest"
@@ -415,6 +416,24 @@ func TestTrustStorePages(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Contains(t, body, "CA second added.")
 	require.Contains(t, body, "SHA-256 fingerprint")
+
+	// Replace the bundle in place: the revision moves on and the new
+	// certificate's fingerprint shows; a broken file changes nothing.
+	replacement := truststoretest.NewCA(t)
+	resp, body = b.upload("/ui/cas/second/update", map[string]string{}, map[string][]byte{"file": []byte("not a certificate")})
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, body, `class="error"`)
+	before, err := e.trust.GetCA(context.Background(), "second")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), before.Revision)
+	resp, _ = b.upload("/ui/cas/second/update", map[string]string{}, map[string][]byte{"file": replacement.CertPEM()})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = b.get("/ui/cas/second")
+	require.Contains(t, body, "CA second updated.")
+	require.Contains(t, body, pki.FingerprintSHA256(replacement.Cert))
+	after, err := e.trust.GetCA(context.Background(), "second")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), after.Revision)
 
 	// Import by PEM, then rotate with a new certificate and key, staged.
 	leaf2 := f.ca.IssueClient(t, "ledger")

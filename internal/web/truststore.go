@@ -14,6 +14,7 @@ func (c *Console) truststoreRoutes() []route {
 		{pattern: "GET /ui/cas", perm: auth.PermCAsRead, handle: c.caList},
 		{pattern: "POST /ui/cas", perm: auth.PermCAsWrite, handle: c.caAdd},
 		{pattern: "GET /ui/cas/{name}", perm: auth.PermCAsRead, handle: c.caDetail},
+		{pattern: "POST /ui/cas/{name}/update", perm: auth.PermCAsWrite, handle: c.caUpdate},
 		{pattern: "GET /ui/identities", perm: auth.PermIdentitiesRead, handle: c.identityList},
 		{pattern: "POST /ui/identities/import", perm: auth.PermIdentitiesWrite, handle: c.identityImport},
 		{pattern: "POST /ui/identities/create", perm: auth.PermIdentitiesWrite, handle: c.identityCreate},
@@ -72,13 +73,42 @@ func (c *Console) caAdd(w http.ResponseWriter, r *http.Request, rq *request) {
 	seeOther(w, r, rq, "/ui/cas/"+name, "CA "+name+" added.")
 }
 
+// caPage is a CA's detail page with its update form.
+type caPage struct {
+	truststore.CA
+	Err  *formError
+	Form formValues
+}
+
 func (c *Console) caDetail(w http.ResponseWriter, r *http.Request, rq *request) {
+	c.showCA(w, r, rq, http.StatusOK, nil, formValues{})
+}
+
+func (c *Console) showCA(w http.ResponseWriter, r *http.Request, rq *request, status int, fe *formError, form formValues) {
 	ca, err := c.cfg.Trust.GetCA(r.Context(), r.PathValue("name"))
 	if err != nil {
 		c.renderError(w, r, rq, err)
 		return
 	}
-	c.renderPage(w, r, rq, http.StatusOK, "ca", "CA "+ca.Name, ca)
+	c.renderPage(w, r, rq, status, "ca", "CA "+ca.Name, caPage{CA: ca, Err: fe, Form: form})
+}
+
+// caUpdate replaces a CA bundle's certificates in place; connectors that
+// use it see the new bundle on their next handshake.
+func (c *Console) caUpdate(w http.ResponseWriter, r *http.Request, rq *request) {
+	name := r.PathValue("name")
+	form := keep(r, "description")
+	data, err := formFile(r, "file")
+	if err == nil {
+		_, err = c.cfg.Trust.UpdateCA(r.Context(), rq.actor(), truststore.CARequest{Name: name, Description: form["description"], Data: data,
+			AllowLeafAnchor: r.PostFormValue("allow_leaf_anchor") == "on"})
+	}
+	if err != nil {
+		fe := c.formError(r, err)
+		c.showCA(w, r, rq, fe.Status, fe, form)
+		return
+	}
+	seeOther(w, r, rq, "/ui/cas/"+name, "CA "+name+" updated.")
 }
 
 type identitiesPage struct {
