@@ -583,6 +583,17 @@ func TestFlowPages(t *testing.T) {
 	require.Contains(t, body, strings.TrimPrefix(loc, "/ui/runs/"))
 	_, body = b.get("/ui/runs?flow=nothing")
 	require.Contains(t, body, "No runs match")
+
+	// Time filters: today includes the run, a day long past does not, and
+	// a malformed date says which field is wrong.
+	runID := strings.TrimPrefix(loc, "/ui/runs/")
+	today := e.clock.Now().UTC().Format(time.DateOnly)
+	_, body = b.get("/ui/runs?since=" + today + "&until=" + today)
+	require.Contains(t, body, runID)
+	_, body = b.get("/ui/runs?until=2001-01-01")
+	require.NotContains(t, body, runID)
+	_, body = b.get("/ui/runs?since=yesterday")
+	require.Contains(t, body, "From: yesterday is not a date (YYYY-MM-DD)")
 }
 
 func TestAuditAndTokens(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
@@ -165,16 +166,34 @@ func (c *Console) editorApply(w http.ResponseWriter, r *http.Request, rq *reques
 type runsPage struct {
 	Runs          []engine.RunView
 	Flow, Status  string
+	Since, Until  string // YYYY-MM-DD, UTC days (until is inclusive)
 	Statuses      []string
 	FilterApplied bool
+	Err           string
 }
 
 func (c *Console) runList(w http.ResponseWriter, r *http.Request, rq *request) {
 	q := r.URL.Query()
 	page := runsPage{Flow: q.Get("flow"), Status: q.Get("status"),
 		Statuses: []string{engine.StatusQueued, engine.StatusRunning, engine.StatusSleeping, engine.StatusSucceeded, engine.StatusFailed, engine.StatusCancelled}}
-	page.FilterApplied = page.Flow != "" || page.Status != ""
-	runs, err := c.cfg.Engine.ListRuns(r.Context(), engine.RunFilter{Flow: page.Flow, Status: page.Status, Limit: 100})
+	page.Since, page.Until = q.Get("since"), q.Get("until")
+	page.FilterApplied = page.Flow != "" || page.Status != "" || page.Since != "" || page.Until != ""
+	f := engine.RunFilter{Flow: page.Flow, Status: page.Status, Limit: 100}
+	if page.Since != "" {
+		if d, err := time.Parse(time.DateOnly, page.Since); err == nil {
+			f.Since = d
+		} else {
+			page.Err = "From: " + page.Since + " is not a date (YYYY-MM-DD)"
+		}
+	}
+	if page.Until != "" {
+		if d, err := time.Parse(time.DateOnly, page.Until); err == nil {
+			f.Until = d.Add(24 * time.Hour)
+		} else {
+			page.Err = "To: " + page.Until + " is not a date (YYYY-MM-DD)"
+		}
+	}
+	runs, err := c.cfg.Engine.ListRuns(r.Context(), f)
 	if err != nil {
 		c.renderError(w, r, rq, err)
 		return
