@@ -196,7 +196,7 @@ func TestPagesByRole(t *testing.T) {
 		"/ui/runs/" + f.runID:     auth.PermRunsRead,
 		"/ui/audit":               auth.PermAuditRead,
 		"/ui/audit/verify":        auth.PermAuditRead,
-		"/ui/tokens":              auth.PermTokensRead,
+		"/ui/tokens":              auth.PermTokensWrite,
 		"/ui/probe":               auth.PermConnectorsUse,
 	}
 	// offers maps a form's action to the permission that offers it.

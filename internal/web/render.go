@@ -55,7 +55,7 @@ var navigation = []struct {
 	{"/ui/flows", "Flows", auth.PermFlowsRead},
 	{"/ui/runs", "Runs", auth.PermRunsRead},
 	{"/ui/audit", "Audit", auth.PermAuditRead},
-	{"/ui/tokens", "Tokens", auth.PermTokensRead},
+	{"/ui/tokens", "Tokens", auth.PermTokensWrite},
 }
 
 func navFor(p auth.Principal, current string) []navItem {

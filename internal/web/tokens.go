@@ -9,7 +9,7 @@ import (
 
 func (c *Console) tokenRoutes() []route {
 	return []route{
-		{pattern: "GET /ui/tokens", perm: auth.PermTokensRead, handle: c.tokenList},
+		{pattern: "GET /ui/tokens", perm: auth.PermTokensWrite, handle: c.tokenList},
 		{pattern: "POST /ui/tokens", perm: auth.PermTokensWrite, handle: c.tokenCreate},
 		{pattern: "POST /ui/tokens/{id}/revoke", perm: auth.PermTokensWrite, handle: c.tokenRevoke},
 	}
