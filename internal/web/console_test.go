@@ -67,6 +67,22 @@ func TestSignIn(t *testing.T) {
 		resp, _ = b.postForm("/ui/signin", url.Values{"csrf": {csrf}, "token": {e.admin}, "next": {"/ui/cas"}})
 		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 		require.Equal(t, "/ui/cas", resp.Header.Get("Location"))
+		// Both the refused and the accepted sign-in are in the audit log,
+		// and neither record holds a token.
+		recs, err := e.audit.List(context.Background(), audit.Filter{Target: "console/signin"})
+		require.NoError(t, err)
+		require.Len(t, recs, 1)
+		require.Equal(t, "auth.denied", recs[0].Action)
+		require.Equal(t, audit.OutcomeDenied, recs[0].Outcome)
+		recs, err = e.audit.List(context.Background(), audit.Filter{Action: "console.signin"})
+		require.NoError(t, err)
+		require.Len(t, recs, 1)
+		require.Equal(t, "admin", recs[0].Actor.Role)
+		exported, err := e.audit.List(context.Background(), audit.Filter{Limit: 1000})
+		require.NoError(t, err)
+		for _, r := range exported {
+			require.NotContains(t, string(r.Details), "tf_")
+		}
 		var session *http.Cookie
 		for _, c := range resp.Cookies() {
 			if c.Name == "trustflow_session" {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/store"
@@ -201,7 +202,19 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := c.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(r.PostFormValue("token")))
 	if err != nil {
+		// A refused sign-in is recorded like a refused API request; the
+		// presented token never is.
+		if aerr := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: audit.Actor{ID: "anonymous", Name: "anonymous"}, Action: "auth.denied",
+			Target: "console/signin", Outcome: audit.OutcomeDenied, Details: map[string]any{"reason": "unauthenticated", "remote": r.RemoteAddr}}); aerr != nil {
+			c.log.Error("audit refused console sign-in", "err", aerr)
+		}
 		c.showSignIn(w, r, http.StatusUnauthorized, "That token is not valid: it may be mistyped, revoked or expired.")
+		return
+	}
+	if err := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: auth.ActorOf(p), Action: "console.signin", Target: "console",
+		Details: map[string]any{"remote": r.RemoteAddr}}); err != nil {
+		c.log.Error("audit console sign-in", "err", err)
+		c.renderPage(w, r, nil, http.StatusInternalServerError, "error", "Sign-in failed", errorPage{Message: "The sign-in could not be recorded.", Hint: "Try again; the server log has the details."})
 		return
 	}
 	id, _ := c.sessions.create(p)
@@ -221,6 +234,9 @@ func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			c.sessions.remove(ck.Value)
+			if err := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: auth.ActorOf(sess.principal), Action: "console.signout", Target: "console"}); err != nil {
+				c.log.Error("audit console sign-out", "err", err)
+			}
 		}
 	}
 	setCookie(w, r, sessionCookie, "", -1)
