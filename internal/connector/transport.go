@@ -221,6 +221,9 @@ func (c *client) dialTLS(ctx context.Context, dialer *net.Dialer, network, addr 
 	}
 	cs := tc.ConnectionState()
 	final := ev.finish(cs, c.clock.Now())
+	// The name the server's certificate was verified for (Go sends no SNI
+	// for an IP address, so the connection state has none then).
+	final.ServerName = serverName
 	if cs.DidResume {
 		// A resumed session re-uses the authentication of the full
 		// handshake that issued it: report that handshake's client side.
