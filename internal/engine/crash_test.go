@@ -186,6 +186,7 @@ input:
 steps:
   - id: first
     call: {connector: remote, method: POST, path: /ok/first, body: {n: "${input.n}"}}
+    timeout: 900ms # under an advance on these servers (--job-timeout 2s)
     retry: {max_attempts: 3, initial_backoff: 100ms}
   - id: pause
     sleep: 300ms
@@ -195,9 +196,11 @@ steps:
     steps:
       - id: item
         call: {connector: remote, method: POST, path: "/ok/item/${item}", body: {n: "${input.n}"}}
+        timeout: 900ms # under an advance on these servers (--job-timeout 2s)
         retry: {max_attempts: 3, initial_backoff: 100ms}
   - id: last
     call: {connector: remote, method: POST, path: /ok/last, body: {n: "${input.n}"}}
+    timeout: 900ms # under an advance on these servers (--job-timeout 2s)
     retry: {max_attempts: 3, initial_backoff: 100ms}
 output: {n: "${input.n}"}
 `
@@ -360,14 +363,17 @@ input:
 steps:
   - id: first
     call: {connector: remote, method: POST, path: /ok/first}
+    timeout: 900ms # under an advance on these servers (--job-timeout 2s)
   - id: nap
     sleep: 1s
   - id: second
     call: {connector: remote, method: POST, path: /ok/second}
+    timeout: 900ms # under an advance on these servers (--job-timeout 2s)
   - id: doze
     sleep: 500ms
   - id: third
     call: {connector: remote, method: POST, path: /ok/third}
+    timeout: 900ms # under an advance on these servers (--job-timeout 2s)
 output: {n: "${input.n}"}
 `
 

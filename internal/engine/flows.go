@@ -109,7 +109,13 @@ func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source)
 // exist (sub-flows may be in the same apply).
 func (e *Engine) checkRefs(ctx context.Context, file string, d *flow.Document, batch map[string]int) []flow.Problem {
 	var out []flow.Problem
+	limit := e.cfg.JobTimeout - e.cfg.Budget
 	_ = d.Walk(func(path string, s *flow.Step) error { // the callback never fails
+		if t := s.AttemptTimeout(); t > limit {
+			out = append(out, flow.Problem{File: file, Line: s.Line, Column: s.Column, Path: path + ".timeout",
+				Message: fmt.Sprintf("a timeout of %s is longer than one advance of a run may take on this server (%s)", t, limit),
+				Hint:    "lower the step's timeout, or start the servers with a larger --job-timeout"})
+		}
 		switch {
 		case s.Kind == flow.KindCall && s.Call != nil:
 			if _, err := e.conns.Get(ctx, s.Call.Connector); err != nil {

@@ -148,3 +148,27 @@ func TestScheduleFiresOncePerTickAcrossNodes(t *testing.T) {
 		}
 	})
 }
+
+func TestApplyRefusesAStepTimeoutLongerThanAnAdvance(t *testing.T) {
+	st := storetest.Open(t, store.SQLite)
+	e := newEnvWith(t, st, func(c *engine.Config) { c.JobTimeout = time.Minute })
+	doc := `apiVersion: trustflow/v1
+kind: Flow
+name: slow
+trigger: {manual: {}}
+steps:
+  - id: lookup
+    call: {connector: hr, method: GET, path: /users/1}
+    timeout: 5m
+`
+	_, err := e.eng.Apply(context.Background(), admin, []engine.Source{{Filename: "slow.yaml", Source: doc}})
+	var ae *engine.ApplyError
+	require.ErrorAs(t, err, &ae)
+	require.Len(t, ae.Problems, 1)
+	require.Equal(t, "lookup.timeout", ae.Problems[0].Path)
+	require.Equal(t, 6, ae.Problems[0].Line)
+	require.Contains(t, ae.Problems[0].Message, "a timeout of 5m0s is longer than one advance of a run may take on this server (50s)")
+	flows, err := e.eng.ListFlows(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, flows)
+}
