@@ -61,7 +61,7 @@ func (c *Console) showConnectors(w http.ResponseWriter, r *http.Request, rq *req
 }
 
 func (c *Console) connectorCreate(w http.ResponseWriter, r *http.Request, rq *request) {
-	form := keep(r, "name", "description", "url", "identity", "server_name", "min_tls", "timeout")
+	form := keep(r, "name", "description", "url", "identity", "server_name", "min_tls", "timeout", "auth_extra", "username", "api_key_header")
 	cas := r.PostForm["cas"]
 	chosen := map[string]bool{}
 	for _, ca := range cas {
@@ -71,6 +71,21 @@ func (c *Console) connectorCreate(w http.ResponseWriter, r *http.Request, rq *re
 	sp := connector.Spec{Name: name, Description: form["description"], URL: strings.TrimSpace(form["url"]), Auth: connector.AuthMTLS,
 		Identity: form["identity"], CAs: cas, SystemRoots: r.PostFormValue("system_roots") == "on", ServerName: strings.TrimSpace(form["server_name"]),
 		MinTLS: form["min_tls"], Timeout: strings.TrimSpace(form["timeout"])}
+	// A header-based auth type combines with the identity (or replaces it,
+	// for a server that takes no client certificate). Secrets typed here are
+	// sealed by the service and never shown again.
+	switch extra := form["auth_extra"]; extra {
+	case "", "none":
+		if sp.Identity == "" {
+			sp.Auth = connector.AuthNone
+		}
+	case connector.AuthBasic, connector.AuthBearer, connector.AuthAPIKey:
+		sp.Auth = extra
+		sp.AuthSettings = connector.AuthSettings{Username: strings.TrimSpace(form["username"]), HeaderName: strings.TrimSpace(form["api_key_header"])}
+		sp.Secrets = connector.Secrets{Password: r.PostFormValue("password"), Token: r.PostFormValue("token"), APIKey: r.PostFormValue("api_key")}
+	default:
+		sp.Auth = extra // refused by the service, naming the field
+	}
 	if _, err := c.cfg.Connectors.Create(r.Context(), rq.actor(), sp); err != nil {
 		fe := c.formError(r, err)
 		c.showConnectors(w, r, rq, fe.Status, fe, form, chosen)

@@ -259,3 +259,41 @@ func TestProbePage(t *testing.T) {
 	_, body = b.post("/ui/probe", url.Values{"url": {open.URL}})
 	require.Contains(t, body, "<tr><td><code>server_chain_valid</code></td><td><span class=\"badge skip\">skip</span>")
 }
+
+// TestConnectorCreateWithHeaderAuth creates, through the console, a
+// connector that presents an identity and a bearer token: the token is
+// sealed, never echoed, and the audit record says a secret was set.
+func TestConnectorCreateWithHeaderAuth(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, storetest.Open(t, store.SQLite))
+	f := e.seed(t)
+	ctx := context.Background()
+	b := e.signIn(t, e.admin)
+	const token = "console-bearer-secret-0123456789"
+
+	resp, body := b.post("/ui/connectors", url.Values{"name": {"ticketing"}, "url": {f.server.URL}, "identity": {"payments"}, "cas": {"root"},
+		"auth_extra": {"bearer"}, "token": {token}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, body)
+	got, err := e.connectors.Get(ctx, "ticketing")
+	require.NoError(t, err)
+	require.Equal(t, "bearer", got.Auth)
+	require.Equal(t, "payments", got.Identity)
+	require.True(t, got.HasSecret)
+	_, body = b.get("/ui/connectors/ticketing")
+	require.NotContains(t, body, token)
+
+	// A refused create echoes the form but never the secret.
+	resp, body = b.post("/ui/connectors", url.Values{"name": {"apikey"}, "url": {f.server.URL}, "cas": {"root"},
+		"auth_extra": {"api-key"}, "api_key": {token}})
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, body, "auth_settings.header_name")
+	require.NotContains(t, body, token)
+
+	recs, err := e.audit.List(ctx, audit.Filter{Action: "connector.create", Target: "connector/ticketing"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	require.Contains(t, string(recs[0].Details), `"secret_changed":true`)
+	for _, r := range recs {
+		require.NotContains(t, string(r.Details), token)
+	}
+}
