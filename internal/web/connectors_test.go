@@ -297,3 +297,54 @@ func TestConnectorCreateWithHeaderAuth(t *testing.T) {
 		require.NotContains(t, string(r.Details), token)
 	}
 }
+
+// TestRemovals removes through the console what nothing uses, and refuses,
+// naming the users, what connectors still use; a flow's runs outlive it.
+func TestRemovals(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, storetest.Open(t, store.SQLite))
+	f := e.seed(t)
+	ctx := context.Background()
+	b := e.signIn(t, e.admin)
+
+	// Unconfirmed removals change nothing.
+	resp, body := b.post("/ui/cas/root/remove", url.Values{})
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, body, "tick the box to confirm")
+	// In use: refused with the connector's name.
+	resp, body = b.post("/ui/cas/root/remove", url.Values{"confirm": {"on"}})
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+	require.Contains(t, body, "hr")
+	resp, body = b.post("/ui/identities/payments/remove", url.Values{"confirm": {"on"}})
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+	require.Contains(t, body, "hr")
+	_, err := e.trust.GetCA(ctx, "root")
+	require.NoError(t, err)
+
+	// Prune with nothing retired says so.
+	resp, _ = b.post("/ui/identities/payments/prune", url.Values{})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = b.get("/ui/identities/payments")
+	require.Contains(t, body, "No retired versions to prune.")
+
+	// Once the connector is gone, both go.
+	require.NoError(t, e.connectors.Remove(ctx, audit.System, "hr"))
+	resp, _ = b.post("/ui/identities/payments/remove", url.Values{"confirm": {"on"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, _ = b.post("/ui/cas/root/remove", url.Values{"confirm": {"on"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, err = e.trust.GetCA(ctx, "root")
+	require.Error(t, err)
+
+	// A flow goes; its run stays readable.
+	resp, _ = b.post("/ui/flows/greet/remove", url.Values{"confirm": {"on"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, _ = b.get("/ui/runs/" + f.runID)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	for _, target := range []string{"ca/root", "identity/payments", "flow/greet"} {
+		recs, err := e.audit.List(ctx, audit.Filter{Target: target, Action: strings.Split(target, "/")[0] + ".remove"})
+		require.NoError(t, err)
+		require.Len(t, recs, 1, target)
+		require.Equal(t, "admin", recs[0].Actor.Role)
+	}
+}

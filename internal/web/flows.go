@@ -17,6 +17,7 @@ func (c *Console) flowRoutes() []route {
 		{pattern: "GET /ui/flows", perm: auth.PermFlowsRead, handle: c.flowList},
 		{pattern: "GET /ui/flows/{name}", perm: auth.PermFlowsRead, handle: c.flowDetail},
 		{pattern: "POST /ui/flows/{name}/runs", perm: auth.PermRunsWrite, handle: c.flowRun},
+		{pattern: "POST /ui/flows/{name}/remove", perm: auth.PermFlowsWrite, handle: c.flowRemove},
 		{pattern: "GET /ui/editor", perm: auth.PermFlowsWrite, handle: c.editorForm},
 		{pattern: "POST /ui/editor", perm: auth.PermFlowsWrite, handle: c.editorApply},
 		{pattern: "GET /ui/runs", perm: auth.PermRunsRead, handle: c.runList},
@@ -248,4 +249,19 @@ func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, rq *request) 
 		return
 	}
 	seeOther(w, r, rq, "/ui/runs/"+url.PathEscape(id), "Run retried from its failed step.")
+}
+
+// flowRemove deletes a flow and its versions; its runs are kept.
+func (c *Console) flowRemove(w http.ResponseWriter, r *http.Request, rq *request) {
+	name := r.PathValue("name")
+	if r.PostFormValue("confirm") != "on" {
+		c.showFlow(w, r, rq, http.StatusBadRequest, &formError{Status: http.StatusBadRequest, Message: "confirm: tick the box to confirm the removal", Hint: "removal cannot be undone; the flow's runs are kept"}, formValues{})
+		return
+	}
+	if err := c.cfg.Engine.RemoveFlow(r.Context(), rq.actor(), name); err != nil {
+		fe := c.formError(r, err)
+		c.showFlow(w, r, rq, fe.Status, fe, formValues{})
+		return
+	}
+	seeOther(w, r, rq, "/ui/flows", "Flow "+name+" removed; its runs are kept.")
 }

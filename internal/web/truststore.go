@@ -15,6 +15,9 @@ func (c *Console) truststoreRoutes() []route {
 		{pattern: "POST /ui/cas", perm: auth.PermCAsWrite, handle: c.caAdd},
 		{pattern: "GET /ui/cas/{name}", perm: auth.PermCAsRead, handle: c.caDetail},
 		{pattern: "POST /ui/cas/{name}/update", perm: auth.PermCAsWrite, handle: c.caUpdate},
+		{pattern: "POST /ui/cas/{name}/remove", perm: auth.PermCAsWrite, handle: c.caRemove},
+		{pattern: "POST /ui/identities/{name}/prune", perm: auth.PermIdentitiesWrite, handle: c.identityPrune},
+		{pattern: "POST /ui/identities/{name}/remove", perm: auth.PermIdentitiesWrite, handle: c.identityRemove},
 		{pattern: "GET /ui/identities", perm: auth.PermIdentitiesRead, handle: c.identityList},
 		{pattern: "POST /ui/identities/import", perm: auth.PermIdentitiesWrite, handle: c.identityImport},
 		{pattern: "POST /ui/identities/create", perm: auth.PermIdentitiesWrite, handle: c.identityCreate},
@@ -288,4 +291,61 @@ func (c *Console) identityActivate(w http.ResponseWriter, r *http.Request, rq *r
 		return
 	}
 	seeOther(w, r, rq, "/ui/identities/"+name, "Version "+strconv.Itoa(v)+" is now active.")
+}
+
+// confirmed reports whether a removal form's confirmation box was ticked.
+func confirmed(r *http.Request) bool { return r.PostFormValue("confirm") == "on" }
+
+var notConfirmed = &formError{Status: http.StatusBadRequest, Message: "confirm: tick the box to confirm the removal", Hint: "removal cannot be undone"}
+
+// caRemove deletes a CA bundle; one still used by connectors is refused
+// with their names.
+func (c *Console) caRemove(w http.ResponseWriter, r *http.Request, rq *request) {
+	name := r.PathValue("name")
+	if !confirmed(r) {
+		c.showCA(w, r, rq, http.StatusBadRequest, notConfirmed, formValues{})
+		return
+	}
+	if err := c.cfg.Trust.RemoveCA(r.Context(), rq.actor(), name); err != nil {
+		fe := c.formError(r, err)
+		c.showCA(w, r, rq, fe.Status, fe, formValues{})
+		return
+	}
+	seeOther(w, r, rq, "/ui/cas", "CA "+name+" removed.")
+}
+
+// identityPrune deletes the retired versions and their keys.
+func (c *Console) identityPrune(w http.ResponseWriter, r *http.Request, rq *request) {
+	name := r.PathValue("name")
+	_, pruned, err := c.cfg.Trust.Prune(r.Context(), rq.actor(), name)
+	if err != nil {
+		fe := c.formError(r, err)
+		c.showIdentity(w, r, rq, fe.Status, fe, formValues{})
+		return
+	}
+	msg := "No retired versions to prune."
+	if len(pruned) > 0 {
+		parts := make([]string, len(pruned))
+		for i, v := range pruned {
+			parts[i] = strconv.Itoa(v)
+		}
+		msg = "Pruned version(s) " + strings.Join(parts, ", ") + " and their keys."
+	}
+	seeOther(w, r, rq, "/ui/identities/"+name, msg)
+}
+
+// identityRemove deletes an identity with every version, unless a
+// connector uses it.
+func (c *Console) identityRemove(w http.ResponseWriter, r *http.Request, rq *request) {
+	name := r.PathValue("name")
+	if !confirmed(r) {
+		c.showIdentity(w, r, rq, http.StatusBadRequest, notConfirmed, formValues{})
+		return
+	}
+	if err := c.cfg.Trust.Remove(r.Context(), rq.actor(), name); err != nil {
+		fe := c.formError(r, err)
+		c.showIdentity(w, r, rq, fe.Status, fe, formValues{})
+		return
+	}
+	seeOther(w, r, rq, "/ui/identities", "Identity "+name+" removed.")
 }
