@@ -80,7 +80,7 @@ func (c *client) resolve(path string, query url.Values) (*url.URL, error) {
 // duration and the handshake evidence; never bodies or secrets).
 func (s *Service) Do(ctx context.Context, name string, req Request) (*Response, error) {
 	start := s.clock.Now()
-	resp, c, err := s.do(ctx, name, req)
+	resp, c, what, err := s.do(ctx, name, req)
 	if c == nil {
 		return nil, err
 	}
@@ -94,27 +94,34 @@ func (s *Service) Do(ctx context.Context, name string, req Request) (*Response, 
 		err = ce
 	}
 	if s.auditCalls {
-		if aerr := s.auditCall(ctx, c, req, resp, ce, s.clock.Now().Sub(start)); aerr != nil {
+		if aerr := s.auditCall(ctx, c, req, what, resp, ce, s.clock.Now().Sub(start)); aerr != nil {
 			return nil, errors.Join(err, aerr)
 		}
 	}
 	return resp, err
 }
 
-func (s *Service) do(ctx context.Context, name string, req Request) (*Response, *client, error) {
+// sent is what a request was, for its audit record: the method and the
+// resolved path (never the query string).
+type sent struct {
+	method, path string
+}
+
+func (s *Service) do(ctx context.Context, name string, req Request) (*Response, *client, sent, error) {
 	start := s.clock.Now()
 	c, err := s.client(ctx, name)
 	if err != nil {
-		return nil, nil, err
-	}
-	u, err := c.resolve(req.Path, req.Query)
-	if err != nil {
-		return nil, c, err
+		return nil, nil, sent{}, err
 	}
 	method := strings.ToUpper(req.Method)
 	if method == "" {
 		method = http.MethodGet
 	}
+	u, err := c.resolve(req.Path, req.Query)
+	if err != nil {
+		return nil, c, sent{method: method}, err
+	}
+	what := sent{method: method, path: u.Path}
 	var body io.Reader
 	if req.Body != nil {
 		body = bytes.NewReader(req.Body)
@@ -123,7 +130,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { evidence = c.evidenceFor(info.Conn) }}
 	hreq, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, u.String(), body)
 	if err != nil {
-		return nil, c, &InputError{Field: "method", Code: "invalid_input", Message: err.Error(), Hint: "use an HTTP method such as GET or POST"}
+		return nil, c, what, &InputError{Field: "method", Code: "invalid_input", Message: err.Error(), Hint: "use an HTTP method such as GET or POST"}
 	}
 	for k, vs := range req.Header {
 		for _, v := range vs {
@@ -143,13 +150,13 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	if c.oauth != nil {
 		tok, err := c.oauth.token(ctx)
 		if err != nil {
-			return nil, c, err
+			return nil, c, what, err
 		}
 		tok.SetAuthHeader(hreq)
 	}
 	hresp, err := c.http.Do(hreq)
 	if err != nil {
-		return nil, c, s.diagnoseCall(ctx, c, err, evidence)
+		return nil, c, what, s.diagnoseCall(ctx, c, err, evidence)
 	}
 	defer hresp.Body.Close()
 	limit := req.MaxResponseBytes
@@ -158,7 +165,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	}
 	data, err := io.ReadAll(io.LimitReader(hresp.Body, limit+1))
 	if err != nil {
-		return nil, c, c.diagnose(ctx, err, evidence)
+		return nil, c, what, c.diagnose(ctx, err, evidence)
 	}
 	resp := &Response{Status: hresp.StatusCode, Header: hresp.Header, Body: data, Evidence: evidence}
 	if int64(len(data)) > limit {
@@ -171,7 +178,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 		resp.Evidence = ev
 	}
 	resp.Duration = s.clock.Now().Sub(start)
-	return resp, c, nil
+	return resp, c, what, nil
 }
 
 // diagnoseCall diagnoses a failed request. In TLS 1.3 the server judges
@@ -191,13 +198,8 @@ func (s *Service) diagnoseCall(ctx context.Context, c *client, err error, ev *Ev
 	return ce
 }
 
-func (s *Service) auditCall(ctx context.Context, c *client, req Request, resp *Response, ce *CallError, d time.Duration) error {
-	u, _ := c.resolve(req.Path, nil) // resolved once already; an error here was reported by do
-	path := ""
-	if u != nil {
-		path = u.Path
-	}
-	details := map[string]any{"connector": c.conn.Name, "method": strings.ToUpper(req.Method), "host": c.base.Host, "path": path,
+func (s *Service) auditCall(ctx context.Context, c *client, req Request, what sent, resp *Response, ce *CallError, d time.Duration) error {
+	details := map[string]any{"connector": c.conn.Name, "method": what.method, "host": c.base.Host, "path": what.path,
 		"duration_ms": d.Milliseconds()}
 	outcome := audit.OutcomeSuccess
 	if resp != nil {
