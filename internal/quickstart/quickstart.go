@@ -338,9 +338,8 @@ func startEndpoint(ca *demoCA, now time.Time) (*endpoint, error) {
 		e.record(r)
 		w.WriteHeader(http.StatusNoContent)
 	})
-	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil,
+	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool()}}
-	e.srv.ErrorLog = nil
 	go func() {
 		if err := e.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fmt.Fprintln(os.Stderr, "quickstart: demo endpoint:", err)
