@@ -214,12 +214,20 @@ func (s *Service) versionRow(identityID string, version int, status, source stri
 	if err != nil {
 		return store.IdentityVersion{}, err
 	}
+	row := s.certRow(identityID, version, status, source, p)
+	row.SealedKey, row.KEKID = sealed, kekID
+	return row, nil
+}
+
+// certRow fills a stored version's certificate fields from checked
+// material; the caller supplies the sealed key.
+func (s *Service) certRow(identityID string, version int, status, source string, p parsedMaterial) store.IdentityVersion {
 	info := pki.Info(p.leaf)
 	nb, na := info.NotBefore, info.NotAfter
 	row := store.IdentityVersion{
 		IdentityID: identityID, Version: version, Status: status, Source: source, KeyType: pki.KeyType(p.key.Public()),
-		SealedKey: sealed, KEKID: kekID, CertPEM: string(pki.EncodeCertificatesPEM(p.leaf)),
-		Serial: info.Serial, Subject: info.Subject, Issuer: info.Issuer, Fingerprint: info.FingerprintSHA256,
+		CertPEM: string(pki.EncodeCertificatesPEM(p.leaf)),
+		Serial:  info.Serial, Subject: info.Subject, Issuer: info.Issuer, Fingerprint: info.FingerprintSHA256,
 		NotBefore: &nb, NotAfter: &na, CreatedAt: s.now(),
 	}
 	if len(p.chain) > 0 {
@@ -229,7 +237,7 @@ func (s *Service) versionRow(identityID string, version int, status, source stri
 		at := row.CreatedAt
 		row.ActivatedAt = &at
 	}
-	return row, nil
+	return row
 }
 
 func certDetails(v store.IdentityVersion) map[string]any {
@@ -437,10 +445,9 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 			return fieldError("cert", addHint(err, fmt.Sprintf("install the certificate issued for the CSR of version %d", pending.Version)))
 		}
 		p := parsedMaterial{key: key, leaf: leaf, chain: chain}
-		row, err := s.versionRow(ident.ID, pending.Version, StatusStaged, pending.Source, p)
-		if err != nil {
-			return err
-		}
+		// The pending key stays sealed as it is: only the certificate is new.
+		row := s.certRow(ident.ID, pending.Version, StatusStaged, pending.Source, p)
+		row.SealedKey, row.KEKID = pending.SealedKey, pending.KEKID
 		if err := tx.InstallCertificate(ctx, row); err != nil {
 			return err
 		}
