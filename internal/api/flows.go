@@ -288,6 +288,9 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
 		who = audit.Actor{ID: "webhook", Name: "webhook:" + name, Role: "webhook"}
 	} else {
 		p, err := s.authenticate(r)
+		if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
+			return err
+		}
 		if err != nil {
 			s.deny(r, rt, audit.Actor{ID: "anonymous", Name: "anonymous"}, "unauthenticated", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trustflow"`)

@@ -247,6 +247,12 @@ func (s *Server) wrap(rt Route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !rt.Public {
 			p, err := s.authenticate(r)
+			if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
+				// The token could not be checked (the database did not
+				// answer): that is the server's fault, not the caller's.
+				s.writeError(w, r, err)
+				return
+			}
 			if err != nil {
 				s.deny(r, rt, audit.Actor{ID: "anonymous", Name: "anonymous"}, "unauthenticated", err)
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trustflow"`)
@@ -283,11 +289,11 @@ func rolesWith(p auth.Permission) string {
 func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return auth.Principal{}, errors.New("no Authorization header")
+		return auth.Principal{}, fmt.Errorf("%w: no Authorization header", auth.ErrUnauthenticated)
 	}
 	scheme, tok, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return auth.Principal{}, errors.New("authorization scheme is not Bearer")
+		return auth.Principal{}, fmt.Errorf("%w: authorization scheme is not Bearer", auth.ErrUnauthenticated)
 	}
 	return s.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
 }

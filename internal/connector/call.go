@@ -94,7 +94,8 @@ func (s *Service) Do(ctx context.Context, name string, req Request) (*Response, 
 		err = ce
 	}
 	if s.auditCalls {
-		if aerr := s.auditCall(ctx, c, req, what, resp, ce, s.clock.Now().Sub(start)); aerr != nil {
+		// A call that failed because its context ended is audited all the same.
+		if aerr := s.auditCall(context.WithoutCancel(ctx), c, req, what, resp, ce, s.clock.Now().Sub(start)); aerr != nil {
 			return nil, errors.Join(err, aerr)
 		}
 	}

@@ -231,8 +231,10 @@ func (sp *Spec) normalize() (*url.URL, time.Duration, error) {
 				return nil, 0, invalid("headers", fmt.Sprintf("header %q is set by trustflow", k), "remove it")
 			}
 		}
-		if strings.EqualFold(k, "Authorization") {
-			return nil, 0, invalid("headers", "Authorization in plain headers would be stored unsealed", "use --auth bearer with --token-file, or --auth basic")
+		for _, cred := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
+			if strings.EqualFold(k, cred) {
+				return nil, 0, invalid("headers", k+" in plain headers would be stored unsealed", "use --auth bearer with --token-file, --auth basic, or --auth api-key with --api-key-file, whose secrets are sealed")
+			}
 		}
 	}
 	if err := sp.checkAuth(); err != nil {

@@ -2,6 +2,7 @@ package connector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -58,8 +59,26 @@ func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
 	select {
 	case r := <-ch:
 		if r.err != nil {
+			// The token endpoint's answer body is not quoted: it may echo
+			// credentials. Its OAuth2 error code and description are.
+			why := "the request failed"
+			var re *oauth2.RetrieveError
+			if errors.As(r.err, &re) {
+				why = fmt.Sprintf("it answered %d", re.Response.StatusCode)
+				if re.ErrorCode != "" {
+					why += " " + re.ErrorCode
+				}
+				if re.ErrorDescription != "" {
+					why += ": " + re.ErrorDescription
+				}
+			} else {
+				var ce *CallError
+				if errors.As(r.err, &ce) {
+					why = ce.Message
+				}
+			}
 			return nil, &CallError{Err: r.err, Retryable: true, Diagnosis: Diagnosis{Code: "oauth2_token",
-				Message: fmt.Sprintf("connector %s could not get an access token from %s: %v", o.c.conn.Name, o.conf.TokenURL, r.err),
+				Message: fmt.Sprintf("connector %s could not get an access token from %s: %s", o.c.conn.Name, o.conf.TokenURL, why),
 				Hint:    "check the token URL, client id and secret (or the identity, for mTLS client authentication)"}}
 		}
 		return r.tok, nil

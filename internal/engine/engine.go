@@ -214,10 +214,27 @@ func (e *Engine) notify(runID string) {
 	}
 }
 
-func (e *Engine) subscribe(runID string) chan struct{} {
+// subscribe returns a channel closed when the run ends on this node, and
+// a function that forgets the subscription (always call it).
+func (e *Engine) subscribe(runID string) (chan struct{}, func()) {
 	ch := make(chan struct{})
 	e.waitMu.Lock()
 	e.waiters[runID] = append(e.waiters[runID], ch)
 	e.waitMu.Unlock()
-	return ch
+	return ch, func() {
+		e.waitMu.Lock()
+		defer e.waitMu.Unlock()
+		ws := e.waiters[runID]
+		for i, w := range ws {
+			if w == ch {
+				ws = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(ws) == 0 {
+			delete(e.waiters, runID)
+		} else {
+			e.waiters[runID] = ws
+		}
+	}
 }

@@ -732,6 +732,9 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 	var retryAfter time.Duration
 	partial := map[string]any(nil)
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// The worker is stopping mid-call: the step runs again later.
+		return pauseFor(0, false)
 	case err != nil:
 		var ce *connector.CallError
 		var ie *connector.InputError
@@ -744,9 +747,6 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 			}
 		case errors.As(err, &ie):
 			rerr = &RunError{Code: ie.Code, Message: ie.Field + ": " + ie.Message, Hint: ie.Hint}
-		case ctx.Err() != nil:
-			// The worker is stopping mid-call: the step runs again later.
-			return pauseFor(0, false)
 		default:
 			rerr = &RunError{Code: "call_failed", Message: err.Error()}
 			retryable = true
@@ -964,7 +964,7 @@ func (x *execution) onError(ctx context.Context, sc *scope) error {
 			return x.pause(ctx, out)
 		}
 		if out.failure != nil {
-			x.e.log.Warn("on_error steps failed", "run", x.run.ID, "step", out.failure.Step, "error", out.failure.Message)
+			x.e.log.Warn("on_error steps failed", "run", x.run.ID, "step", out.failure.Step, "error", x.redact(out.failure.Message))
 		}
 	}
 	return x.finish(ctx, StatusFailed, nil, rerr)

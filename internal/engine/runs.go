@@ -242,17 +242,23 @@ func (e *Engine) ListRuns(ctx context.Context, f RunFilter) ([]RunView, error) {
 // Wait waits until the run ends or ctx is done, and returns it.
 func (e *Engine) Wait(ctx context.Context, id string) (RunView, error) {
 	for {
-		ch := e.subscribe(id)
+		ch, unsubscribe := e.subscribe(id)
 		v, err := e.GetRun(ctx, id)
 		if err != nil || terminal(v.Status) {
+			unsubscribe()
 			return v, err
 		}
+		t := time.NewTimer(500 * time.Millisecond) // another node may finish it
 		select {
 		case <-ch:
-		case <-time.After(500 * time.Millisecond): // another node may finish it
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
+			unsubscribe()
 			return v, nil
 		}
+		t.Stop()
+		unsubscribe()
 	}
 }
 

@@ -56,6 +56,10 @@ func (d *Document) CheckInput(in map[string]any) (map[string]any, error) {
 				continue
 			}
 			n, msg := conform(decl.Type, v)
+			if msg != "" && decl.Secret {
+				// A secret's value is never quoted, not even in an error.
+				msg = "must be " + typeArticle(decl.Type)
+			}
 			if msg != "" {
 				ps.add(0, 0, "input."+decl.Name, "give a value of type "+decl.Type, "%s", msg)
 				continue

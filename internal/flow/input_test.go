@@ -138,3 +138,26 @@ func TestRedact(t *testing.T) {
 	require.Equal(t, map[string]any{"user_id": "u1"}, d.Redact(map[string]any{"user_id": "u1"}))
 	require.Nil(t, d.Redact(nil))
 }
+
+// TestCheckInputNeverQuotesASecret: a secret input of the wrong type is
+// refused without its value in the message.
+func TestCheckInputNeverQuotesASecret(t *testing.T) {
+	d, err := Parse("s.yaml", []byte(`apiVersion: trustflow/v1
+kind: Flow
+name: secret-input
+trigger: {manual: {}}
+input:
+  pin: {type: integer, secret: true}
+steps:
+  - id: a
+    set: {x: 1}
+`))
+	require.NoError(t, err)
+	_, err = d.CheckInput(map[string]any{"pin": 1234.5})
+	var ve *ValidationError
+	require.ErrorAs(t, err, &ve)
+	require.Len(t, ve.Problems, 1)
+	require.Equal(t, "input.pin", ve.Problems[0].Path)
+	require.Equal(t, "must be an integer", ve.Problems[0].Message)
+	require.NotContains(t, err.Error(), "1234")
+}
