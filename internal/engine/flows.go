@@ -152,7 +152,13 @@ func (e *Engine) applyOne(ctx context.Context, tx *store.Tx, actor audit.Actor, 
 	head, err := tx.FlowByName(ctx, d.Name)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		head = store.Flow{Name: d.Name, CurrentVersion: 1, TriggerKind: triggerKey(d.Trigger), CreatedAt: now, UpdatedAt: now}
+		// A flow applied again after its removal continues the numbering:
+		// the old versions are kept for their runs.
+		last, err := tx.LastFlowVersion(ctx, d.Name)
+		if err != nil {
+			return Applied{}, err
+		}
+		head = store.Flow{Name: d.Name, CurrentVersion: last + 1, TriggerKind: triggerKey(d.Trigger), CreatedAt: now, UpdatedAt: now}
 		if d.Trigger.Kind == "webhook" && d.Trigger.WebhookAuth == "hmac" {
 			if err := e.newWebhookSecret(&head); err != nil {
 				return Applied{}, err
@@ -312,7 +318,8 @@ func (e *Engine) ListFlows(ctx context.Context) ([]FlowView, error) {
 	return out, nil
 }
 
-// RemoveFlow deletes a flow and its versions; its runs are kept.
+// RemoveFlow deletes a flow; its versions are kept for its runs (and a
+// flow applied later under the same name continues their numbering).
 func (e *Engine) RemoveFlow(ctx context.Context, actor audit.Actor, name string) error {
 	return e.st.InTx(ctx, func(tx *store.Tx) error {
 		head, err := tx.FlowByName(ctx, name)

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -171,4 +172,43 @@ steps:
 	flows, err := e.eng.ListFlows(context.Background())
 	require.NoError(t, err)
 	require.Empty(t, flows)
+}
+
+const napFlow = `apiVersion: trustflow/v1
+kind: Flow
+name: nap
+trigger: {manual: {}}
+steps:
+  - id: nap
+    sleep: 300ms
+  - id: done
+    set: {v: %d}
+output: ${steps.done.v}
+`
+
+// TestRemovedFlowKeepsItsVersions removes a flow while a run sleeps in it:
+// the run still finishes on its pinned version, and the flow applied again
+// continues the numbering instead of reusing version 1.
+func TestRemovedFlowKeepsItsVersions(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		_, err := e.eng.Apply(ctx, admin, []engine.Source{{Filename: "nap.yaml", Source: fmt.Sprintf(napFlow, 1)}})
+		require.NoError(t, err)
+		run, err := e.eng.StartRun(ctx, engine.StartRequest{Flow: "nap", Actor: admin})
+		require.NoError(t, err)
+		require.NoError(t, e.eng.RemoveFlow(ctx, admin, "nap"))
+
+		applied, err := e.eng.Apply(ctx, admin, []engine.Source{{Filename: "nap.yaml", Source: fmt.Sprintf(napFlow, 2)}})
+		require.NoError(t, err)
+		require.Equal(t, []engine.Applied{{Name: "nap", Version: 2, Changed: true, Filename: "nap.yaml"}}, applied)
+
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		done, err := e.eng.Wait(wctx, run.ID)
+		require.NoError(t, err)
+		require.Equal(t, engine.StatusSucceeded, done.Status)
+		require.Equal(t, 1, done.FlowVersion)
+		require.Equal(t, float64(1), done.Output, "the run finished on the version it pinned")
+	})
 }

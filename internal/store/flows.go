@@ -84,16 +84,24 @@ func (t *Tx) UpdateFlow(ctx context.Context, f Flow) error {
 	return expectOne(res, "update flow "+f.Name)
 }
 
-// DeleteFlow removes a flow and its versions (runs are kept).
+// DeleteFlow removes a flow's head; its versions (and runs) are kept.
 func (t *Tx) DeleteFlow(ctx context.Context, name string) error {
-	if _, err := t.tx.ExecContext(ctx, "DELETE FROM flow_versions WHERE flow_name = $1", name); err != nil {
-		return fmt.Errorf("store: delete flow %q: %w", name, mapErr(err))
-	}
 	res, err := t.tx.ExecContext(ctx, "DELETE FROM flows WHERE name = $1", name)
 	if err != nil {
 		return fmt.Errorf("store: delete flow %q: %w", name, mapErr(err))
 	}
 	return expectOne(res, "delete flow "+name)
+}
+
+// LastFlowVersion is the highest version ever stored under a flow's name
+// (0 when none), so that a flow applied again after its removal never
+// reuses a number.
+func (t *Tx) LastFlowVersion(ctx context.Context, name string) (int, error) {
+	var v int
+	if err := t.tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM flow_versions WHERE flow_name = $1", name).Scan(&v); err != nil {
+		return 0, fmt.Errorf("store: last version of flow %q: %w", name, err)
+	}
+	return v, nil
 }
 
 // InsertFlowVersion stores an applied version.

@@ -1,4 +1,6 @@
--- Flows: every applied version is kept; a run pins the version it started with.
+-- Flows: every applied version is kept, even after the flow is removed, so
+-- that a run always finds the version it pinned and a version number, once
+-- used, always means one document.
 CREATE TABLE flows (
     name            TEXT PRIMARY KEY,
     current_version INTEGER NOT NULL,
@@ -10,7 +12,7 @@ CREATE TABLE flows (
 );
 
 CREATE TABLE flow_versions (
-    flow_name  TEXT NOT NULL REFERENCES flows (name) ON DELETE CASCADE,
+    flow_name  TEXT NOT NULL,
     version    INTEGER NOT NULL,
     digest     TEXT NOT NULL,
     filename   TEXT NOT NULL,
