@@ -35,6 +35,9 @@ type Request struct {
 	Actor audit.Actor
 	// AuditTarget overrides the audit record's target (a run's step).
 	AuditTarget string
+	// Redact lists secret values (a run's secret inputs) kept out of the
+	// audit record's path and diagnosis.
+	Redact []string
 }
 
 // Response is a call's answer.
@@ -200,7 +203,7 @@ func (s *Service) diagnoseCall(ctx context.Context, c *client, err error, ev *Ev
 }
 
 func (s *Service) auditCall(ctx context.Context, c *client, req Request, what sent, resp *Response, ce *CallError, d time.Duration) error {
-	details := map[string]any{"connector": c.conn.Name, "method": what.method, "host": c.base.Host, "path": what.path,
+	details := map[string]any{"connector": c.conn.Name, "method": what.method, "host": c.base.Host, "path": redactValues(what.path, req.Redact),
 		"duration_ms": d.Milliseconds()}
 	outcome := audit.OutcomeSuccess
 	if resp != nil {
@@ -209,7 +212,9 @@ func (s *Service) auditCall(ctx context.Context, c *client, req Request, what se
 	}
 	if ce != nil {
 		outcome = audit.OutcomeFailure
-		details["error"] = ce.Diagnosis
+		diag := ce.Diagnosis
+		diag.Message = redactValues(diag.Message, req.Redact)
+		details["error"] = diag
 		if ce.Evidence != nil {
 			details["evidence"] = ce.Evidence
 		}
@@ -223,4 +228,18 @@ func (s *Service) auditCall(ctx context.Context, c *client, req Request, what se
 		actor = audit.System
 	}
 	return s.audit.Record(ctx, audit.Entry{Actor: actor, Action: "connector.call", Target: target, Outcome: outcome, Details: details})
+}
+
+// redactValues replaces each secret value in s with [redacted].
+func redactValues(s string, secrets []string) string {
+	for _, v := range secrets {
+		if v == "" {
+			continue
+		}
+		s = strings.ReplaceAll(s, v, "[redacted]")
+		if esc := url.PathEscape(v); esc != v {
+			s = strings.ReplaceAll(s, esc, "[redacted]")
+		}
+	}
+	return s
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,15 +129,38 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 		deadline: e.clock.Now().Add(e.cfg.Budget),
 		actor:    audit.Actor{ID: "run/" + r.ID, Name: r.FlowName, Role: "engine"}}
 	for _, s := range steps {
+		if s.State, err = e.openState(r.ID, s); err != nil {
+			return nil, err
+		}
 		x.cps[s.Path] = s
 		if s.Seq > x.seq {
 			x.seq = s.Seq
 		}
 	}
-	for _, in := range doc.Inputs {
-		if s, ok := input[in.Name].(string); in.Secret && ok && len(s) >= 4 {
-			x.secrets = append(x.secrets, s)
+	x.secrets = secretValues(doc, input)
+	// A sub-flow's run also keeps its callers' secrets out of what it
+	// stores: they may reach it through its input.
+	for pid, depth := r.ParentRunID, 0; pid != "" && depth < flow.MaxDepth; depth++ {
+		parent, err := e.st.Run(ctx, pid)
+		if err != nil {
+			return nil, fmt.Errorf("engine: run %s: its parent run %s: %w", r.ID, pid, err)
 		}
+		pdoc, err := e.document(ctx, parent.FlowName, parent.FlowVersion)
+		if err != nil {
+			return nil, err
+		}
+		praw, err := e.trust.OpenSecret(parent.InputSealed, runAAD(parent.ID))
+		if err != nil {
+			return nil, fmt.Errorf("engine: run %s: open its parent's input: %w", r.ID, err)
+		}
+		var pin map[string]any
+		err = json.Unmarshal(praw, &pin)
+		clear(praw)
+		if err != nil {
+			return nil, fmt.Errorf("engine: run %s: decode its parent's input: %w", r.ID, err)
+		}
+		x.secrets = append(x.secrets, secretValues(pdoc, pin)...)
+		pid = parent.ParentRunID
 	}
 	started := r.CreatedAt
 	if r.StartedAt != nil {
@@ -144,6 +168,18 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 	}
 	x.runInfo = map[string]any{"id": r.ID, "flow": r.FlowName, "version": int64(r.FlowVersion), "started_at": started.UTC().Format(time.RFC3339Nano)}
 	return x, nil
+}
+
+// secretValues lists the values of a run's secret string inputs (those of
+// at least 4 characters: shorter ones would redact ordinary text).
+func secretValues(doc *flow.Document, input map[string]any) []string {
+	var out []string
+	for _, in := range doc.Inputs {
+		if s, ok := input[in.Name].(string); in.Secret && ok && len(s) >= 4 {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // outcome is what executing steps came to.
@@ -267,7 +303,17 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	if len(cp.Output) > maxStoredOutput {
 		cp.Output = encode(map[string]any{"truncated": true, "size": len(cp.Output), "preview": cp.Output[:64<<10]})
 	}
-	if err := x.e.st.InTx(ctx, func(tx *store.Tx) error { return tx.PutStep(ctx, cp) }); err != nil {
+	stored := cp
+	if x.redact(cp.State) != cp.State {
+		// The state (a foreach's items, say) holds a secret input, and a
+		// resumed run needs it whole: it is stored sealed, not redacted.
+		blob, _, err := x.e.trust.SealSecret([]byte(cp.State), stateAAD(x.run.ID, cp.Path))
+		if err != nil {
+			return err
+		}
+		stored.State = sealedStatePrefix + base64.StdEncoding.EncodeToString(blob)
+	}
+	if err := x.e.st.InTx(ctx, func(tx *store.Tx) error { return tx.PutStep(ctx, stored) }); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -276,8 +322,34 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	return nil
 }
 
-func (x *execution) redact(s string) string {
-	for _, secret := range x.secrets {
+// sealedStatePrefix marks a step state stored sealed.
+const sealedStatePrefix = "sealed:"
+
+func stateAAD(runID, path string) []byte { return []byte("trustflow/run/" + runID + "/state/" + path) }
+
+// openState returns a stored step state in clear.
+func (e *Engine) openState(runID string, st store.Step) (string, error) {
+	enc, ok := strings.CutPrefix(st.State, sealedStatePrefix)
+	if !ok {
+		return st.State, nil
+	}
+	blob, err := base64.StdEncoding.DecodeString(enc)
+	if err != nil {
+		return "", fmt.Errorf("engine: run %s step %s: sealed state: %w", runID, st.Path, err)
+	}
+	raw, err := e.trust.OpenSecret(blob, stateAAD(runID, st.Path))
+	if err != nil {
+		return "", fmt.Errorf("engine: run %s step %s: sealed state: %w", runID, st.Path, err)
+	}
+	return string(raw), nil
+}
+
+func (x *execution) redact(s string) string { return redactText(s, x.secrets) }
+
+// redactText replaces every secret value in s (as it appears inside JSON
+// text, and so also in plain text) with [redacted].
+func redactText(s string, secrets []string) string {
+	for _, secret := range secrets {
 		b, _ := json.Marshal(secret) // a string always encodes
 		inner := string(b[1 : len(b)-1])
 		s = strings.ReplaceAll(s, inner, "[redacted]")
@@ -627,7 +699,7 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 		var child store.Run
 		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
 			var err error
-			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path})
+			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path, Redact: x.secrets})
 			if err != nil {
 				return err
 			}
@@ -687,7 +759,7 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 		return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.path", err), nil)
 	}
 	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv), Header: http.Header{}, MaxResponseBytes: c.MaxResponseBytes,
-		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path}
+		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path, Redact: x.secrets}
 	if len(c.Query) > 0 {
 		req.Query = url.Values{}
 		for _, k := range sortedKeys(c.Query) {

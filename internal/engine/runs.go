@@ -41,6 +41,9 @@ type StartRequest struct {
 	Actor   audit.Actor
 	// ParentRun and ParentStep link a sub-flow's run to its caller.
 	ParentRun, ParentStep string
+	// Redact lists secret values (a calling run's) to keep out of the
+	// stored input.
+	Redact []string
 }
 
 func runAAD(id string) []byte { return []byte("trustflow/run/" + id + "/input") }
@@ -101,6 +104,7 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	if err != nil {
 		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
 	}
+	redacted = []byte(redactText(string(redacted), req.Redact))
 	trigger := req.Trigger
 	if trigger == "" {
 		trigger = "manual"

@@ -212,3 +212,72 @@ func TestRemovedFlowKeepsItsVersions(t *testing.T) {
 		require.Equal(t, float64(1), done.Output, "the run finished on the version it pinned")
 	})
 }
+
+const secretParent = `apiVersion: trustflow/v1
+kind: Flow
+name: secret-parent
+trigger: {manual: {}}
+input:
+  token: {type: string, secret: true}
+steps:
+  - id: each
+    foreach: ${[input.token, "plain"]}
+    steps:
+      - id: hit
+        call: {connector: hr, method: POST, path: "/ok/${item}"}
+  - id: child
+    flow: {name: secret-child, input: {passed: "${input.token}"}}
+`
+
+const secretChild = `apiVersion: trustflow/v1
+kind: Flow
+name: secret-child
+trigger: {manual: {}}
+input:
+  passed: {type: string}
+steps:
+  - id: echo
+    set: {v: "${input.passed}"}
+output: ${steps.echo.v}
+`
+
+// TestSecretInputsStayOutOfStorage runs a flow whose secret input reaches a
+// foreach's items, a call's path and a sub-flow's input: none of the
+// stored rows or audit records holds it in clear, and the run still works.
+func TestSecretInputsStayOutOfStorage(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		const secret = "s3cret-value-42"
+		_, err := e.eng.Apply(ctx, admin, []engine.Source{{Filename: "c.yaml", Source: secretChild}, {Filename: "p.yaml", Source: secretParent}})
+		require.NoError(t, err)
+		run, err := e.eng.StartRun(ctx, engine.StartRequest{Flow: "secret-parent", Input: map[string]any{"token": secret}, Actor: admin})
+		require.NoError(t, err)
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		done, err := e.eng.Wait(wctx, run.ID)
+		require.NoError(t, err)
+		require.Equal(t, engine.StatusSucceeded, done.Status, "%+v", done.Error)
+		e.dir.mu.Lock()
+		require.Equal(t, 1, e.dir.keys[run.ID+"/each[0].hit"], "the call with the secret in its path was made")
+		e.dir.mu.Unlock()
+
+		var sealed int
+		require.NoError(t, st.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM run_steps WHERE substr(state, 1, 7) = 'sealed:'").Scan(&sealed))
+		require.Equal(t, 1, sealed, "the foreach's items are stored sealed")
+		for _, q := range []string{
+			"SELECT state || output || evidence || error FROM run_steps",
+			"SELECT input || output || error FROM runs",
+			"SELECT details || target FROM audit_records",
+		} {
+			rows, err := st.DB().QueryContext(ctx, q)
+			require.NoError(t, err)
+			for rows.Next() {
+				var text string
+				require.NoError(t, rows.Scan(&text))
+				require.NotContains(t, text, secret, q)
+			}
+			require.NoError(t, rows.Close())
+		}
+	})
+}
