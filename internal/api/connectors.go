@@ -183,7 +183,11 @@ func (s *Server) callConnector(w http.ResponseWriter, r *http.Request) error {
 	resp, err := s.cfg.Connectors.Do(r.Context(), r.PathValue("name"), creq)
 	var ce *connector.CallError
 	if errors.As(err, &ce) {
-		writeJSON(w, http.StatusBadGateway, CallResponse{Evidence: ce.Evidence, Error: &ce.Diagnosis, Headers: map[string]string{}})
+		status := http.StatusBadGateway // the remote side or the way to it failed
+		if ce.Code == "secret_unavailable" {
+			status = http.StatusInternalServerError // this server cannot open its own secret
+		}
+		writeJSON(w, status, CallResponse{Evidence: ce.Evidence, Error: &ce.Diagnosis, Headers: map[string]string{}})
 		return nil
 	}
 	if err != nil {

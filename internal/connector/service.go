@@ -3,6 +3,7 @@ package connector
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,8 @@ type Service struct {
 
 	mu      sync.Mutex
 	clients map[string]*client
+
+	systemRoots func() ([]*x509.Certificate, error)
 }
 
 // New returns the connector service.
@@ -62,7 +65,9 @@ func New(cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
-		auditCalls: cfg.AuditCalls == nil || *cfg.AuditCalls, clients: map[string]*client{}}
+		auditCalls: cfg.AuditCalls == nil || *cfg.AuditCalls, clients: map[string]*client{},
+		// The system's CA bundle is read once, not at every client rebuild.
+		systemRoots: sync.OnceValues(systemRoots)}
 	return s, nil
 }
 
@@ -438,7 +443,7 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 			return nil, fmt.Errorf("connector: %s: stored secret: %w", name, err)
 		}
 	}
-	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS)
+	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS, s.systemRoots)
 	if err != nil {
 		return nil, err
 	}

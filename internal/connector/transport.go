@@ -96,7 +96,8 @@ var fipsSuites = []uint16{
 }
 
 // newClient builds the client for one state of a connector.
-func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust *truststore.Service, clk clock.Clock, fips bool) (*client, error) {
+func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust *truststore.Service, clk clock.Clock, fips bool,
+	sysRoots func() ([]*x509.Certificate, error)) (*client, error) {
 	base, err := url.Parse(conn.URL)
 	if err != nil {
 		return nil, fmt.Errorf("connector: %s: stored url: %w", conn.Name, err)
@@ -118,7 +119,7 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 		c.serverName = base.Hostname()
 	}
 	if conn.SystemRoots {
-		c.systemPool, err = systemRoots()
+		c.systemPool, err = sysRoots()
 		if err != nil {
 			return nil, fmt.Errorf("connector: %s: --system-roots: %w", conn.Name, err)
 		}
