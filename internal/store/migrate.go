@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -59,13 +60,49 @@ func loadMigrations(d Dialect) ([]migration, error) {
 	return out, nil
 }
 
-// migrate applies pending migrations in one transaction. On PostgreSQL an
-// advisory lock makes concurrent nodes wait for each other, so a node that
-// starts against an already-migrated database applies nothing.
+// ErrSchemaTooNew means the database was migrated by a newer trustflow
+// than this binary: it holds a schema version this binary has no
+// migration for. The error is a *SchemaTooNewError naming both versions.
+var ErrSchemaTooNew = errors.New("store: database schema is newer than this binary")
+
+// SchemaTooNewError is returned by Open when the database's schema is newer
+// than the newest migration embedded in this binary. Running an older binary
+// against it could misread or corrupt data, so Open refuses.
+type SchemaTooNewError struct {
+	// Database is the newest schema version recorded in the database.
+	Database int
+	// Binary is the newest schema version this binary knows.
+	Binary int
+}
+
+func (e *SchemaTooNewError) Error() string {
+	return fmt.Sprintf("store: the database schema is version %d, newer than this trustflow binary knows (%d); "+
+		"upgrade trustflow to a version that knows schema %d, or restore a backup taken before the upgrade", e.Database, e.Binary, e.Database)
+}
+
+// Unwrap makes errors.Is(err, ErrSchemaTooNew) true.
+func (e *SchemaTooNewError) Unwrap() error { return ErrSchemaTooNew }
+
+// migrate applies every pending migration.
 func (s *Store) migrate(ctx context.Context) error {
+	return s.migrateTo(ctx, 0)
+}
+
+// migrateTo applies pending migrations up to and including version target
+// (0: the newest) in one transaction. On PostgreSQL an advisory lock makes
+// concurrent nodes wait for each other, so a node that starts against an
+// already-migrated database applies nothing. A database already past the
+// newest embedded migration is refused with a *SchemaTooNewError, checked
+// after the lock so that a newer node migrating at the same moment is seen.
+// Tests use a target to build a database at an earlier released schema.
+func (s *Store) migrateTo(ctx context.Context, target int) error {
 	migs, err := loadMigrations(s.dialect)
 	if err != nil {
 		return err
+	}
+	latest := len(migs)
+	if target <= 0 || target > latest {
+		target = latest
 	}
 	return s.InTx(ctx, func(tx *Tx) error {
 		if s.dialect == Postgres {
@@ -80,6 +117,7 @@ func (s *Store) migrate(ctx context.Context) error {
 			return fmt.Errorf("store: create schema_migrations: %w", err)
 		}
 		applied := map[int]bool{}
+		newest := 0
 		rows, err := tx.tx.QueryContext(ctx, "SELECT version FROM schema_migrations")
 		if err != nil {
 			return fmt.Errorf("store: read schema_migrations: %w", err)
@@ -91,11 +129,15 @@ func (s *Store) migrate(ctx context.Context) error {
 				return fmt.Errorf("store: read schema_migrations: %w", err)
 			}
 			applied[v] = true
+			newest = max(newest, v)
 		}
 		if err := rows.Close(); err != nil {
 			return fmt.Errorf("store: read schema_migrations: %w", err)
 		}
-		for _, m := range migs {
+		if newest > latest {
+			return &SchemaTooNewError{Database: newest, Binary: latest}
+		}
+		for _, m := range migs[:target] {
 			if applied[m.version] {
 				continue
 			}
