@@ -122,6 +122,10 @@ func NewService(st *store.Store, log *audit.Log, c clock.Clock) *Service {
 	return &Service{store: st, audit: log, clock: c}
 }
 
+// Store returns the database the service keeps its tokens in (the web
+// console keeps its sessions there too).
+func (s *Service) Store() *store.Store { return s.store }
+
 // Authenticate resolves a presented token to its principal.
 func (s *Service) Authenticate(ctx context.Context, presented string) (Principal, error) {
 	hash, err := ParseToken(presented)
@@ -232,7 +236,8 @@ func (s *Service) create(ctx context.Context, tx *store.Tx, actor audit.Actor, n
 	return publicToken(st, now), secret, nil
 }
 
-// Revoke revokes a token; the revocation and its audit record commit together.
+// Revoke revokes a token and ends its console sessions; the revocation, the
+// sessions' end and its audit record commit together.
 func (s *Service) Revoke(ctx context.Context, actor Principal, id string) (Token, error) {
 	var out Token
 	err := s.store.InTx(ctx, func(tx *store.Tx) error {
@@ -249,8 +254,13 @@ func (s *Service) Revoke(ctx context.Context, actor Principal, id string) (Token
 		}
 		t.RevokedAt = &now
 		out = publicToken(t, now)
+		// The token's console sessions end with it, on every node.
+		ended, err := tx.DeleteConsoleSessionsOfToken(ctx, id)
+		if err != nil {
+			return fmt.Errorf("auth: revoke token: %w", err)
+		}
 		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: ActorOf(actor), Action: "token.revoke", Target: "token/" + id,
-			Details: map[string]any{"name": t.Name, "role": t.Role}})
+			Details: map[string]any{"name": t.Name, "role": t.Role, "sessions_ended": ended}})
 		return err
 	})
 	return out, err

@@ -1,10 +1,12 @@
 // Package web owns trustflow's web console: server-rendered HTML pages
 // under /ui/ for the trust store, connectors and the endpoint probe, flows,
 // runs, the audit log and tokens. It signs people in with an API token,
-// keeps their sessions in memory (each ends as soon as its token is revoked
-// or expires), guards every form with a per-session CSRF token, and acts
-// only through the same domain services and role permissions as the REST
-// API, so every change it makes is audited with the signed-in principal.
+// keeps their sessions in the database, so that any node behind a load
+// balancer serves them (each ends at sign-out, and as soon as its token is
+// revoked or expires, on every node), guards every form with a per-session
+// CSRF token, and acts only through the same domain services and role
+// permissions as the REST API, so every change it makes is audited with the
+// signed-in principal.
 package web
 
 import (
@@ -25,6 +27,7 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/probe"
+	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
@@ -45,6 +48,9 @@ type Config struct {
 	Trust      *truststore.Service
 	Connectors *connector.Service
 	Engine     *engine.Engine
+	// Store keeps the console sessions. Defaults to the store Auth keeps
+	// its tokens in.
+	Store *store.Store
 	// Prober runs the endpoint probe page. Defaults to a prober over Trust,
 	// Audit and Clock.
 	Prober *probe.Prober
@@ -93,13 +99,16 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Auth == nil || cfg.Audit == nil || cfg.Trust == nil || cfg.Connectors == nil || cfg.Engine == nil {
 		return nil, errors.New("web: Auth, Audit, Trust, Connectors and Engine are required")
 	}
+	if cfg.Store == nil {
+		cfg.Store = cfg.Auth.Store()
+	}
 	var err error
 	if cfg.Prober == nil {
 		if cfg.Prober, err = probe.New(probe.Config{Trust: cfg.Trust, Audit: cfg.Audit, Clock: cfg.Clock}); err != nil {
 			return nil, fmt.Errorf("web: prober: %w", err)
 		}
 	}
-	c := &Console{cfg: cfg, log: cfg.Logger, sessions: newSessions(cfg.Clock, cfg.SessionTTL), mux: http.NewServeMux()}
+	c := &Console{cfg: cfg, log: cfg.Logger, sessions: newSessions(cfg.Store, cfg.Clock, cfg.SessionTTL, cfg.Logger), mux: http.NewServeMux()}
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err
 	}

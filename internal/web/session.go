@@ -1,16 +1,19 @@
 package web
 
 import (
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
@@ -25,46 +28,70 @@ const (
 	signInCookie  = "trustflow_signin"
 )
 
-// session is one signed-in browser. It holds the principal (with the id
-// of the token it signed in with, checked on every request), never the
-// token's secret.
-type session struct {
-	principal auth.Principal
-	csrf      string
-	expires   time.Time
+// touchEvery is how stale a session's last_seen may grow before a request
+// records it again: often enough to tell an idle session from a used one,
+// rarely enough that reading pages does not become a stream of writes.
+const touchEvery = time.Minute
 
-	mu    sync.Mutex
+// session is one signed-in browser, as read from the database for one
+// request. It holds the principal of the token it signed in with (checked
+// on every request), never the token's secret, and is bound to the request
+// that read it: its flash methods write with that request's context.
+type session struct {
+	ctx      context.Context
+	sessions *sessions
+	idHash   string
+
+	principal auth.Principal
+	// csrf is the session's form token, derived from the session id.
+	csrf     string
+	lastSeen time.Time
+	// flash is the one-time message as read with the session.
 	flash string
 }
 
-// setFlash leaves a one-time message for the next page.
+// setFlash leaves a one-time message for the next page. The change it
+// reports has already committed, so a failure to store the message is
+// logged, not returned.
 func (s *session) setFlash(msg string) {
-	s.mu.Lock()
-	s.flash = msg
-	s.mu.Unlock()
+	if err := s.sessions.store.SetConsoleSessionFlash(s.ctx, s.idHash, msg); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.sessions.log.Error("console: store flash message", "err", err)
+	}
 }
 
-// takeFlash returns and clears the one-time message.
+// takeFlash returns and clears the one-time message. Of several requests
+// that read the same message, only the one that clears it shows it; when
+// it cannot be cleared it is kept for a later page.
 func (s *session) takeFlash() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := s.flash
+	msg := s.flash
 	s.flash = ""
-	return m
+	if msg == "" {
+		return ""
+	}
+	took, err := s.sessions.store.TakeConsoleSessionFlash(s.ctx, s.idHash, msg)
+	if err != nil {
+		s.sessions.log.Error("console: clear flash message", "err", err)
+		return ""
+	}
+	if !took {
+		return ""
+	}
+	return msg
 }
 
-// sessions keeps sessions in memory, keyed by the SHA-256 of their random
-// 256-bit id.
+// sessions keeps console sessions in the database, so that every node
+// behind a load balancer knows them. A row is keyed by the SHA-256 of the
+// session's random 256-bit id; the id itself lives only in the browser's
+// cookie.
 type sessions struct {
+	store *store.Store
 	clock clock.Clock
 	ttl   time.Duration
-
-	mu   sync.Mutex
-	byID map[string]*session
+	log   *slog.Logger
 }
 
-func newSessions(c clock.Clock, ttl time.Duration) *sessions {
-	return &sessions{clock: c, ttl: ttl, byID: map[string]*session{}}
+func newSessions(st *store.Store, c clock.Clock, ttl time.Duration, log *slog.Logger) *sessions {
+	return &sessions{store: st, clock: c, ttl: ttl, log: log}
 }
 
 // randomToken returns 256 random bits, base64url-encoded.
@@ -79,70 +106,98 @@ func sessionKey(id string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// create starts a session for p and returns its id.
-func (s *sessions) create(p auth.Principal) (string, *session) {
-	id := randomToken()
-	now := s.clock.Now()
-	sess := &session{principal: p, csrf: randomToken(), expires: now.Add(s.ttl)}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, old := range s.byID {
-		if !now.Before(old.expires) {
-			delete(s.byID, k)
-		}
-	}
-	s.byID[sessionKey(id)] = sess
-	return id, sess
+// csrfLabel separates the CSRF derivation from any other use of the id.
+const csrfLabel = "trustflow console csrf v1"
+
+// csrfToken derives a session's form token: HMAC-SHA256 keyed by the
+// session id. Nothing is stored: a node that knows the cookie computes the
+// same token; the database, which holds only the id's hash, cannot, and a
+// leaked form token does not reveal the id.
+func csrfToken(id string) string {
+	m := hmac.New(sha256.New, []byte(id))
+	m.Write([]byte(csrfLabel))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// get returns the live session with id, or nil.
-func (s *sessions) get(id string) *session {
+// create starts a session for p inside tx, so that it commits with its
+// audit record, and returns its id. Expired sessions are swept on the way.
+func (s *sessions) create(ctx context.Context, tx *store.Tx, p auth.Principal) (string, error) {
+	id := randomToken()
+	now := s.clock.Now().UTC().Truncate(time.Microsecond)
+	err := tx.InsertConsoleSession(ctx, store.ConsoleSession{IDHash: sessionKey(id), TokenID: p.TokenID,
+		CreatedAt: now, ExpiresAt: now.Add(s.ttl), LastSeen: now})
+	if err != nil {
+		return "", fmt.Errorf("web: start session: %w", err)
+	}
+	return id, nil
+}
+
+// get returns the live session with id, or nil. Its principal carries
+// only the token id until liveSession has checked the token.
+func (s *sessions) get(ctx context.Context, id string) (*session, error) {
 	if id == "" {
-		return nil
+		return nil, nil
 	}
 	key := sessionKey(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sess := s.byID[key]
-	if sess == nil {
-		return nil
+	row, err := s.store.ConsoleSession(ctx, key, s.clock.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
 	}
-	if !s.clock.Now().Before(sess.expires) {
-		delete(s.byID, key)
-		return nil
+	if err != nil {
+		return nil, fmt.Errorf("web: read session: %w", err)
 	}
-	return sess
+	return &session{ctx: ctx, sessions: s, idHash: key, principal: auth.Principal{TokenID: row.TokenID},
+		csrf: csrfToken(id), lastSeen: row.LastSeen, flash: row.Flash}, nil
 }
 
-// remove ends the session with id.
-func (s *sessions) remove(id string) {
-	s.mu.Lock()
-	delete(s.byID, sessionKey(id))
-	s.mu.Unlock()
+// end deletes the session with id. Ending one that already ended is not
+// an error.
+func (s *sessions) end(ctx context.Context, id string) error {
+	err := s.store.InTx(ctx, func(tx *store.Tx) error { return tx.DeleteConsoleSession(ctx, sessionKey(id)) })
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("web: end session: %w", err)
+	}
+	return nil
 }
 
 // liveSession returns the request's session while the token it signed in
-// with is still active. A session whose token was revoked, has expired or
-// no longer exists is ended, and its cookie deleted; the answer is then
-// nil, as for a request without a session. An error means the token could
-// not be checked: the session is kept, the request is not served.
+// with is still active; the token is read from the database on every
+// request, so a revocation on any node is seen by the next request on
+// every node. A session whose token was revoked, has expired or no longer
+// exists is ended; the cookie of a session that ended is deleted, and the
+// answer is nil, as for a request without a session. An error means the
+// session or its token could not be checked: the session is kept, the
+// request is not served.
 func (c *Console) liveSession(w http.ResponseWriter, r *http.Request) (*session, error) {
 	ck, err := r.Cookie(sessionCookie)
 	if err != nil {
 		return nil, nil
 	}
-	sess := c.sessions.get(ck.Value)
+	sess, err := c.sessions.get(r.Context(), ck.Value)
+	if err != nil {
+		return nil, err
+	}
 	if sess == nil {
+		// Signed out, expired, or ended with its token: the cookie is stale.
+		setCookie(w, r, sessionCookie, "", -1)
 		return nil, nil
 	}
 	tok, err := c.cfg.Auth.Get(r.Context(), sess.principal.TokenID)
 	switch {
 	case err == nil && tok.Status == tokenActive:
+		sess.principal = auth.Principal{TokenID: tok.ID, Name: tok.Name, Role: tok.Role}
+		if now := c.cfg.Clock.Now(); now.Sub(sess.lastSeen) >= touchEvery {
+			if err := c.cfg.Store.TouchConsoleSession(r.Context(), sess.idHash, now); err != nil {
+				c.log.Error("console: record session activity", "err", err)
+			}
+		}
 		return sess, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, err
 	}
-	c.sessions.remove(ck.Value)
+	if err := c.sessions.end(r.Context(), ck.Value); err != nil {
+		return nil, err
+	}
 	setCookie(w, r, sessionCookie, "", -1)
 	return nil, nil
 }
@@ -211,34 +266,64 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		c.showSignIn(w, r, http.StatusUnauthorized, "That token is not valid: it may be mistyped, revoked or expired.")
 		return
 	}
-	if err := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: auth.ActorOf(p), Action: "console.signin", Target: "console",
-		Details: map[string]any{"remote": r.RemoteAddr}}); err != nil {
-		c.log.Error("audit console sign-in", "err", err)
+	// The session and its audit record commit together.
+	var id string
+	err = c.cfg.Store.InTx(r.Context(), func(tx *store.Tx) error {
+		var err error
+		if id, err = c.sessions.create(r.Context(), tx, p); err != nil {
+			return err
+		}
+		_, err = c.cfg.Audit.Append(r.Context(), tx, audit.Entry{Actor: auth.ActorOf(p), Action: "console.signin", Target: "console",
+			Details: map[string]any{"remote": r.RemoteAddr}})
+		return err
+	})
+	if err != nil {
+		c.log.Error("console sign-in", "err", err)
 		c.renderPage(w, r, nil, http.StatusInternalServerError, "error", "Sign-in failed", errorPage{Message: "The sign-in could not be recorded.", Hint: "Try again; the server log has the details."})
 		return
 	}
-	id, _ := c.sessions.create(p)
 	setCookie(w, r, signInCookie, "", -1)
 	setCookie(w, r, sessionCookie, id, int(c.cfg.SessionTTL/time.Second))
 	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
 }
 
-// signOut ends the session.
+// signOut ends the session on every node: its row is deleted in the same
+// transaction as the sign-out's audit record.
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	ck, err := r.Cookie(sessionCookie)
-	if err == nil {
-		if sess := c.sessions.get(ck.Value); sess != nil {
+	if ck, err := r.Cookie(sessionCookie); err == nil {
+		sess, err := c.liveSession(w, r)
+		if err != nil {
+			c.signOutFailed(w, r, err)
+			return
+		}
+		if sess != nil {
 			if !c.checkCSRF(r, sess) {
 				c.renderPage(w, r, nil, http.StatusForbidden, "error", "Refused", errorPage{Message: "The form's security token is missing or stale.", Hint: "Reload the page and sign out again."})
 				return
 			}
-			c.sessions.remove(ck.Value)
-			if err := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: auth.ActorOf(sess.principal), Action: "console.signout", Target: "console"}); err != nil {
-				c.log.Error("audit console sign-out", "err", err)
+			err := c.cfg.Store.InTx(r.Context(), func(tx *store.Tx) error {
+				if err := tx.DeleteConsoleSession(r.Context(), sessionKey(ck.Value)); err != nil {
+					return err
+				}
+				_, err := c.cfg.Audit.Append(r.Context(), tx, audit.Entry{Actor: auth.ActorOf(sess.principal), Action: "console.signout", Target: "console"})
+				return err
+			})
+			// A session another request ended meanwhile is signed out already.
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				c.signOutFailed(w, r, err)
+				return
 			}
 		}
 	}
 	setCookie(w, r, sessionCookie, "", -1)
 	http.Redirect(w, r, "/ui/signin", http.StatusSeeOther)
+}
+
+// signOutFailed answers a sign-out that could not be carried out; the
+// session is unchanged.
+func (c *Console) signOutFailed(w http.ResponseWriter, r *http.Request, err error) {
+	c.log.Error("console sign-out", "err", err)
+	c.renderPage(w, r, nil, http.StatusServiceUnavailable, "error", "Sign-out failed", errorPage{Message: "The sign-out could not be carried out; you are still signed in.",
+		Hint: "Try again in a moment; the server log has the details."})
 }
