@@ -160,6 +160,18 @@ func (s *sessions) end(ctx context.Context, id string) error {
 	return nil
 }
 
+// touch records that sess was used now, at most once every touchEvery.
+// Failing to is logged: it must not refuse the request.
+func (s *sessions) touch(ctx context.Context, sess *session) {
+	now := s.clock.Now()
+	if now.Sub(sess.lastSeen) < touchEvery {
+		return
+	}
+	if err := s.store.TouchConsoleSession(ctx, sess.idHash, now); err != nil {
+		s.log.Error("console: record session activity", "err", err)
+	}
+}
+
 // liveSession returns the request's session while the token it signed in
 // with is still active; the token is read from the database on every
 // request, so a revocation on any node is seen by the next request on
@@ -186,11 +198,7 @@ func (c *Console) liveSession(w http.ResponseWriter, r *http.Request) (*session,
 	switch {
 	case err == nil && tok.Status == tokenActive:
 		sess.principal = auth.Principal{TokenID: tok.ID, Name: tok.Name, Role: tok.Role}
-		if now := c.cfg.Clock.Now(); now.Sub(sess.lastSeen) >= touchEvery {
-			if err := c.cfg.Store.TouchConsoleSession(r.Context(), sess.idHash, now); err != nil {
-				c.log.Error("console: record session activity", "err", err)
-			}
-		}
+		c.sessions.touch(r.Context(), sess)
 		return sess, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, err

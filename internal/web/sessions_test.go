@@ -2,6 +2,8 @@ package web_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"net/http"
@@ -135,8 +137,7 @@ func TestSessionsAcrossNodes(t *testing.T) {
 			cookie := sessionCookieOf(t, b1)
 			var idHash, flash string
 			require.NoError(t, n1.st.DB().QueryRowContext(ctx, "SELECT id_hash, flash FROM console_sessions WHERE token_id = $1", n1.adminP.TokenID).Scan(&idHash, &flash))
-			require.Len(t, idHash, 64)
-			require.NotEqual(t, cookie, idHash)
+			require.Equal(t, sessionHash(cookie), idHash)
 			require.NotContains(t, idHash+flash, b1.csrf)
 
 			// Sign-out on node 2 ends the session on node 1.
@@ -180,11 +181,21 @@ func TestSessionsAcrossNodes(t *testing.T) {
 			requireSignedOut(t, s1.on(n2), "/ui/audit")
 			requireSignedOut(t, s2.on(n1), "/ui/audit")
 
-			// The admin's other session is unaffected throughout.
+			// The admin's other session is unaffected throughout, and its use
+			// on either node is recorded.
 			resp, _ = admin.on(n1).get("/ui/tokens")
 			require.Equal(t, http.StatusOK, resp.StatusCode)
+			var lastSeen int64
+			require.NoError(t, n2.st.DB().QueryRowContext(ctx, "SELECT last_seen FROM console_sessions WHERE id_hash = $1", sessionHash(sessionCookieOf(t, admin))).Scan(&lastSeen))
+			require.Equal(t, n1.clock.Now().UnixMicro(), lastSeen)
 		})
 	}
+}
+
+// sessionHash is how the database names a session: the SHA-256 of its id.
+func sessionHash(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])
 }
 
 // sessionCookieOf returns the browser's session cookie value.
