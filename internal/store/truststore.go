@@ -125,7 +125,9 @@ func scanIdentity(row interface{ Scan(...any) error }) (Identity, error) {
 }
 
 // IdentityVersion is one version of an identity. SealedKey is the private
-// key sealed by the seal package; the store never sees it in clear.
+// key sealed by the seal package; the store never sees it in clear. A
+// version whose key lives in a PKCS#11 token has KeyRef (the key's pkcs11:
+// URI, without any PIN) instead, an empty SealedKey and KEKID "".
 type IdentityVersion struct {
 	IdentityID  string
 	Version     int
@@ -134,6 +136,7 @@ type IdentityVersion struct {
 	KeyType     string
 	SealedKey   []byte
 	KEKID       string
+	KeyRef      string
 	CSRPEM      string
 	CertPEM     string
 	ChainPEM    string
@@ -150,13 +153,13 @@ type IdentityVersion struct {
 	ActivatedAt       *time.Time
 }
 
-const versionColumns = "identity_id, version, status, source, key_type, sealed_key, kek_id, csr_pem, cert_pem, chain_pem, serial, subject, issuer, fingerprint, not_before, not_after, activate_on_install, created_at, activated_at"
+const versionColumns = "identity_id, version, status, source, key_type, sealed_key, kek_id, key_ref, csr_pem, cert_pem, chain_pem, serial, subject, issuer, fingerprint, not_before, not_after, activate_on_install, created_at, activated_at"
 
 func scanVersion(row interface{ Scan(...any) error }) (IdentityVersion, error) {
 	var v IdentityVersion
 	var nb, na, act sql.NullInt64
 	var created int64
-	if err := row.Scan(&v.IdentityID, &v.Version, &v.Status, &v.Source, &v.KeyType, &v.SealedKey, &v.KEKID, &v.CSRPEM, &v.CertPEM, &v.ChainPEM,
+	if err := row.Scan(&v.IdentityID, &v.Version, &v.Status, &v.Source, &v.KeyType, &v.SealedKey, &v.KEKID, &v.KeyRef, &v.CSRPEM, &v.CertPEM, &v.ChainPEM,
 		&v.Serial, &v.Subject, &v.Issuer, &v.Fingerprint, &nb, &na, &v.ActivateOnInstall, &created, &act); err != nil {
 		return IdentityVersion{}, err
 	}
@@ -258,8 +261,8 @@ func (t *Tx) DeleteIdentity(ctx context.Context, id string) error {
 
 // InsertIdentityVersion stores a new version.
 func (t *Tx) InsertIdentityVersion(ctx context.Context, v IdentityVersion) error {
-	_, err := t.tx.ExecContext(ctx, "INSERT INTO identity_versions ("+versionColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-		v.IdentityID, v.Version, v.Status, v.Source, v.KeyType, v.SealedKey, v.KEKID, v.CSRPEM, v.CertPEM, v.ChainPEM,
+	_, err := t.tx.ExecContext(ctx, "INSERT INTO identity_versions ("+versionColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+		v.IdentityID, v.Version, v.Status, v.Source, v.KeyType, v.SealedKey, v.KEKID, v.KeyRef, v.CSRPEM, v.CertPEM, v.ChainPEM,
 		v.Serial, v.Subject, v.Issuer, v.Fingerprint, nullMicros(v.NotBefore), nullMicros(v.NotAfter), v.ActivateOnInstall, micros(v.CreatedAt), nullMicros(v.ActivatedAt))
 	if err != nil {
 		return fmt.Errorf("store: insert identity version %s/%d: %w", v.IdentityID, v.Version, mapErr(err))
@@ -371,7 +374,7 @@ func identityVersions(ctx context.Context, q querier, identityID string) ([]Iden
 // the handshake path's lookup.
 func (s *Store) ActiveIdentity(ctx context.Context, name string) (Identity, IdentityVersion, error) {
 	q := "SELECT i.id, i.name, i.description, i.active_version, i.created_at, i.updated_at, i.revision, " +
-		"v.identity_id, v.version, v.status, v.source, v.key_type, v.sealed_key, v.kek_id, v.csr_pem, v.cert_pem, v.chain_pem, v.serial, v.subject, v.issuer, v.fingerprint, v.not_before, v.not_after, v.activate_on_install, v.created_at, v.activated_at " +
+		"v.identity_id, v.version, v.status, v.source, v.key_type, v.sealed_key, v.kek_id, v.key_ref, v.csr_pem, v.cert_pem, v.chain_pem, v.serial, v.subject, v.issuer, v.fingerprint, v.not_before, v.not_after, v.activate_on_install, v.created_at, v.activated_at " +
 		"FROM identities i JOIN identity_versions v ON v.identity_id = i.id AND v.version = i.active_version WHERE i.name = $1"
 	row := s.read.QueryRowContext(ctx, q, name)
 	var i Identity
@@ -380,7 +383,7 @@ func (s *Store) ActiveIdentity(ctx context.Context, name string) (Identity, Iden
 	var icreated, iupdated, vcreated int64
 	var nb, na, act sql.NullInt64
 	err := row.Scan(&i.ID, &i.Name, &i.Description, &active, &icreated, &iupdated, &i.Revision,
-		&v.IdentityID, &v.Version, &v.Status, &v.Source, &v.KeyType, &v.SealedKey, &v.KEKID, &v.CSRPEM, &v.CertPEM, &v.ChainPEM,
+		&v.IdentityID, &v.Version, &v.Status, &v.Source, &v.KeyType, &v.SealedKey, &v.KEKID, &v.KeyRef, &v.CSRPEM, &v.CertPEM, &v.ChainPEM,
 		&v.Serial, &v.Subject, &v.Issuer, &v.Fingerprint, &nb, &na, &v.ActivateOnInstall, &vcreated, &act)
 	if err != nil {
 		return Identity{}, IdentityVersion{}, fmt.Errorf("store: active version of identity %q: %w", name, mapErr(err))
@@ -400,9 +403,10 @@ type SealedKey struct {
 	KEKID      string
 }
 
-// SealedKeys returns every sealed key inside the transaction.
+// SealedKeys returns every sealed key inside the transaction; versions
+// whose key lives in a token (kek_id '') have none.
 func (t *Tx) SealedKeys(ctx context.Context) ([]SealedKey, error) {
-	rows, err := t.tx.QueryContext(ctx, "SELECT identity_id, version, sealed_key, kek_id FROM identity_versions ORDER BY identity_id, version")
+	rows, err := t.tx.QueryContext(ctx, "SELECT identity_id, version, sealed_key, kek_id FROM identity_versions WHERE kek_id <> '' ORDER BY identity_id, version")
 	if err != nil {
 		return nil, fmt.Errorf("store: list sealed keys: %w", err)
 	}
