@@ -254,13 +254,17 @@ func (s *Service) Revoke(ctx context.Context, actor Principal, id string) (Token
 		}
 		t.RevokedAt = &now
 		out = publicToken(t, now)
-		// The token's console sessions end with it, on every node.
+		// The token's console sessions end with it, on every node; the
+		// record says how many there were, when there were any.
 		ended, err := tx.DeleteConsoleSessionsOfToken(ctx, id)
 		if err != nil {
 			return fmt.Errorf("auth: revoke token: %w", err)
 		}
-		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: ActorOf(actor), Action: "token.revoke", Target: "token/" + id,
-			Details: map[string]any{"name": t.Name, "role": t.Role, "sessions_ended": ended}})
+		details := map[string]any{"name": t.Name, "role": t.Role}
+		if ended > 0 {
+			details["sessions_ended"] = ended
+		}
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: ActorOf(actor), Action: "token.revoke", Target: "token/" + id, Details: details})
 		return err
 	})
 	return out, err
