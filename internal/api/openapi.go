@@ -160,7 +160,12 @@ func componentSchemas() map[string]any {
 				"status": enum("pending", "running", "succeeded", "failed", "skipped", "cancelled"), "attempts": integer,
 				"output": map[string]any{}, "evidence": map[string]any{}, "error": schemaRef("RunError"),
 				"started_at": dateTime, "finished_at": dateTime, "duration_ms": integer, "next_attempt_at": dateTime}))}),
-		"RewrapResult": obj([]string{"to_kek_id", "keys"}, map[string]any{"from_kek_ids": arrayOf(str), "to_kek_id": str, "keys": integer}),
+		"KEKStatus": obj([]string{"active_kek_id", "source", "ready", "keks", "sealed"}, map[string]any{"active_kek_id": str, "source": str, "ready": map[string]any{"type": "boolean"},
+			"problem": str, "keks": arrayOf(obj([]string{"id", "state", "source", "held", "created_at"}, map[string]any{"id": str, "state": str, "source": str,
+				"held": map[string]any{"type": "boolean"}, "created_at": str, "activated_at": str, "retired_at": str})),
+			"sealed": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": "object", "additionalProperties": integer}}}),
+		"RewrapResult": obj([]string{"to_kek_id", "keys"}, map[string]any{"from_kek_ids": arrayOf(str), "to_kek_id": str, "keys": integer,
+			"total": integer, "verified": integer, "columns": map[string]any{"type": "object", "additionalProperties": integer}}),
 	}
 	for k, v := range map[string]any{
 		"Error": obj([]string{"error"}, map[string]any{"error": obj([]string{"code", "message"}, map[string]any{

@@ -101,6 +101,7 @@ var scenarios = map[string]scenario{
 	"POST /api/v1/identities/{name}/prune": {perm: auth.PermIdentitiesWrite, roles: adminOnly,
 		path: at("/api/v1/identities/missing/prune"), status: http.StatusNotFound},
 	"POST /api/v1/kek/rotate": {perm: auth.PermKEKWrite, roles: adminOnly, status: http.StatusNotImplemented},
+	"GET /api/v1/kek":         {perm: auth.PermKEKWrite, roles: adminOnly, status: http.StatusNotImplemented},
 
 	"POST /api/v1/connectors":          {perm: auth.PermConnectorsWrite, roles: editors, body: `{}`, status: http.StatusBadRequest},
 	"GET /api/v1/connectors":           {perm: auth.PermConnectorsRead, roles: everyone, status: http.StatusOK},

@@ -22,6 +22,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
@@ -49,6 +50,11 @@ type Config struct {
 	Trust *truststore.Service
 	// RotateKEK performs `kek rotate`; nil answers 501.
 	RotateKEK KEKRotator
+	// KEKStatus answers GET /api/v1/kek; nil answers 501.
+	KEKStatus func(ctx context.Context) (custody.Status, error)
+	// KeysReady reports whether this node holds the active key-encryption
+	// key; /readyz answers 503 while it returns an error. Optional.
+	KeysReady func() error
 	// Connectors is the connector service; its routes exist only when set.
 	Connectors *connector.Service
 	// Probe runs endpoint probes; its route exists only when it is set.

@@ -23,7 +23,7 @@ func (s *Server) systemRoutes() []Route {
 		{Method: "GET", Path: "/healthz", Public: true, handler: s.healthz,
 			Doc: Operation{Summary: "Liveness: the process is up", Tag: "system", Response: schemaRef("Health"), NoAuth: true}},
 		{Method: "GET", Path: "/readyz", Public: true, handler: s.readyz,
-			Doc: Operation{Summary: "Readiness: the database answers", Tag: "system", Response: schemaRef("Health"), NoAuth: true, Errors: []int{503}}},
+			Doc: Operation{Summary: "Readiness: the database answers and this node holds the active key-encryption key", Tag: "system", Response: schemaRef("Health"), NoAuth: true, Errors: []int{503}}},
 		{Method: "GET", Path: "/metrics", Public: true, handler: s.metricsHandler,
 			Doc: Operation{Summary: "Prometheus metrics (text exposition format)", Tag: "system", ResponseType: "text/plain", NoAuth: true}},
 		{Method: "GET", Path: "/api/v1/openapi.json", handler: s.openAPI,
@@ -45,6 +45,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	if err := s.cfg.Store.Ping(ctx); err != nil {
 		return &Error{Status: http.StatusServiceUnavailable, Code: "not_ready", Message: "the database does not answer", Hint: "check the database server and --db", Cause: err}
+	}
+	if s.cfg.KeysReady != nil {
+		if err := s.cfg.KeysReady(); err != nil {
+			return &Error{Status: http.StatusServiceUnavailable, Code: "kek_unavailable", Message: err.Error(),
+				Hint: "copy the active key-encryption key to this node's --kek source; it resumes by itself within seconds", Cause: err}
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	return nil

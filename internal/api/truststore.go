@@ -2,19 +2,23 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/custody"
+	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // KEKRotator re-wraps every sealed key under a fresh key-encryption key and
 // replaces the KEK file; the composition root provides it.
-type KEKRotator func(ctx context.Context, actor audit.Actor) (truststore.RewrapResult, error)
+type KEKRotator func(ctx context.Context, actor audit.Actor, progress custody.Progress) (custody.Result, error)
 
 // CARequest is the body of POST /api/v1/cas and PUT /api/v1/cas/{name}.
 // Data is the bundle (PEM, DER or PKCS#7), base64-encoded in JSON.
@@ -145,7 +149,9 @@ func (s *Server) truststoreRoutes() []Route {
 			Doc: Operation{Summary: "Delete retired versions and their keys", Tag: "identities", Response: schemaRef("PruneResult")}},
 
 		{Method: "POST", Path: "/api/v1/kek/rotate", Perm: auth.PermKEKWrite, handler: s.rotateKEK,
-			Doc: Operation{Summary: "Re-wrap every sealed key under a new key-encryption key", Tag: "system", Response: schemaRef("RewrapResult")}},
+			Doc: Operation{Summary: "Re-wrap every sealed value under a new key-encryption key (?progress=true streams JSON lines: {\"rewrapped\":N,\"total\":M}, then {\"result\":...} or {\"error\":...})", Tag: "system", Response: schemaRef("RewrapResult")}},
+		{Method: "GET", Path: "/api/v1/kek", Perm: auth.PermKEKWrite, handler: s.kekStatus,
+			Doc: Operation{Summary: "Key custody: the recorded key-encryption keys (ids, never keys), this node's source and readiness, sealed values by column and key", Tag: "system", Response: schemaRef("KEKStatus")}},
 	}
 }
 
@@ -166,7 +172,7 @@ func trustError(err error) error {
 	case errors.As(err, &ku):
 		return &Error{Status: http.StatusInternalServerError, Code: "key_unavailable",
 			Message: "the identity's private key cannot be unsealed: the stored key was altered, or this server has a different key-encryption key",
-			Hint:    "check that --kek-file is the key this database was sealed with; restore the identity from a backup or rotate in a new one", Cause: err}
+			Hint:    "check that --kek is the key this database was sealed with; restore the identity from a backup or rotate in a new one", Cause: err}
 	}
 	return err
 }
@@ -376,12 +382,78 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.RotateKEK == nil {
 		return &Error{Status: http.StatusNotImplemented, Code: "not_available", Message: "this server cannot rotate its key-encryption key", Hint: "run trustflow serve with a file-based KEK"}
 	}
-	res, err := s.cfg.RotateKEK(r.Context(), actor(r))
-	if err != nil {
-		return trustError(err)
+	if r.URL.Query().Get("progress") != "true" {
+		res, err := s.cfg.RotateKEK(r.Context(), actor(r), nil)
+		if err != nil {
+			return kekError(err)
+		}
+		writeJSON(w, http.StatusOK, res)
+		return nil
 	}
-	writeJSON(w, http.StatusOK, res)
+	// ?progress=true streams JSON lines: {"rewrapped":N,"total":M} as the
+	// re-wrap goes, then {"result":{...}} or {"error":{...}}.
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	line := func(v any) {
+		_ = enc.Encode(v) // a failed write means the client left; the rotation goes on
+		_ = rc.Flush()
+	}
+	res, err := s.cfg.RotateKEK(r.Context(), actor(r), func(done, total int) {
+		line(KEKProgress{Rewrapped: done, Total: total})
+	})
+	if err != nil {
+		e := toAPIError(kekError(err))
+		s.log.Error("key-encryption key rotation failed", "request_id", RequestID(r.Context()), "err", err)
+		line(map[string]any{"error": errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: RequestID(r.Context())}})
+		return nil
+	}
+	line(map[string]any{"result": res})
 	return nil
+}
+
+func (s *Server) kekStatus(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.KEKStatus == nil {
+		return &Error{Status: http.StatusNotImplemented, Code: "not_available", Message: "this server does not report its key custody", Hint: "run trustflow serve"}
+	}
+	st, err := s.cfg.KEKStatus(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// KEKProgress is one progress line of a streamed rotation.
+type KEKProgress struct {
+	Rewrapped int `json:"rewrapped"`
+	Total     int `json:"total"`
+}
+
+// kekError maps custody's errors; their messages name key ids, tables and
+// record ids, never a key.
+func kekError(err error) error {
+	var wrong *custody.WrongKEKError
+	var missing *custody.MissingKEKError
+	switch {
+	case errors.As(err, &wrong):
+		return &Error{Status: http.StatusServiceUnavailable, Code: "kek_unavailable", Message: wrong.Error(),
+			Hint: "give this node the active key-encryption key, or rotate from a node that holds it", Cause: err}
+	case errors.As(err, &missing):
+		return &Error{Status: http.StatusConflict, Code: "kek_missing", Message: missing.Error(),
+			Hint: "a rotation cannot re-wrap values whose key this node lacks", Cause: err}
+	case errors.Is(err, seal.ErrReadOnlySource):
+		return &Error{Status: http.StatusConflict, Code: "kek_source_read_only", Message: strings.TrimPrefix(err.Error(), "custody: rotate: "),
+			Hint: "see docs/keys.md, rotating an env:// key", Cause: err}
+	}
+	var ue *seal.UnknownKEKError
+	if errors.As(err, &ue) || errors.Is(err, seal.ErrTampered) {
+		return &Error{Status: http.StatusInternalServerError, Code: "kek_rotation_failed", Message: err.Error(),
+			Hint: "nothing was dropped: every value still opens under the keys it opened with; fix the value named and rotate again", Cause: err}
+	}
+	return trustError(err)
 }
 
 func notFoundHint(kind string) string {

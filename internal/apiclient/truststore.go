@@ -179,14 +179,6 @@ type PruneResult struct {
 	Pruned   []int    `json:"pruned"`
 }
 
-// KEKRotation reports a key-encryption key rotation: the KEKs the keys
-// were wrapped under, the new one, and how many keys were re-wrapped.
-type KEKRotation struct {
-	FromKEKs []string `json:"from_kek_ids"`
-	ToKEK    string   `json:"to_kek_id"`
-	Keys     int      `json:"keys"`
-}
-
 func caPath(name string) string { return "/api/v1/cas/" + url.PathEscape(name) }
 
 func identityPath(name string) string { return "/api/v1/identities/" + url.PathEscape(name) }
@@ -308,12 +300,5 @@ func (c *Client) ActivateIdentity(ctx context.Context, name string, version int)
 func (c *Client) PruneIdentity(ctx context.Context, name string) (PruneResult, error) {
 	var out PruneResult
 	err := c.Do(ctx, "POST", identityPath(name)+"/prune", nil, nil, &out)
-	return out, err
-}
-
-// RotateKEK re-wraps every sealed key under a new key-encryption key.
-func (c *Client) RotateKEK(ctx context.Context) (KEKRotation, error) {
-	var out KEKRotation
-	err := c.Do(ctx, "POST", "/api/v1/kek/rotate", nil, nil, &out)
 	return out, err
 }

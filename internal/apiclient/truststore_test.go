@@ -17,6 +17,7 @@ import (
 	"github.com/trustflow/trustflow/internal/api"
 	"github.com/trustflow/trustflow/internal/apiclient"
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
@@ -54,6 +55,13 @@ func fill(v reflect.Value, n *int) {
 				fill(v.Field(i), n)
 			}
 		}
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+		fill(k, n)
+		fill(e, n)
+		m.SetMapIndex(k, e)
+		v.Set(m)
 	default:
 		panic("fill: unhandled kind " + v.Kind().String())
 	}
@@ -93,8 +101,8 @@ func TestTrustStoreTypesMirrorTheAPI(t *testing.T) {
 		{truststore.Verification{}, &apiclient.Verification{}},
 		{filled[truststore.RotateResult](), &apiclient.RotateResult{}},
 		{truststore.RotateResult{}, &apiclient.RotateResult{}},
-		{filled[truststore.RewrapResult](), &apiclient.KEKRotation{}},
-		{truststore.RewrapResult{}, &apiclient.KEKRotation{}},
+		{filled[custody.Result](), &apiclient.KEKRotation{}},
+		{custody.Result{}, &apiclient.KEKRotation{}},
 		{filled[api.CreatedIdentity](), &apiclient.CreatedIdentity{}},
 		{api.CreatedIdentity{}, &apiclient.CreatedIdentity{}},
 		{filled[api.PruneResult](), &apiclient.PruneResult{}},
@@ -140,8 +148,8 @@ type call struct {
 // body.
 func apiRoutes(t *testing.T, status int, body string) (*apiclient.Client, *[]call) {
 	t.Helper()
-	srv := api.New(api.Config{Trust: new(truststore.Service), RotateKEK: func(context.Context, audit.Actor) (truststore.RewrapResult, error) {
-		return truststore.RewrapResult{}, nil
+	srv := api.New(api.Config{Trust: new(truststore.Service), RotateKEK: func(context.Context, audit.Actor, custody.Progress) (custody.Result, error) {
+		return custody.Result{}, nil
 	}})
 	var calls []call
 	mux := http.NewServeMux()
@@ -214,7 +222,7 @@ func TestTrustStoreCallsReachTheirRoutes(t *testing.T) {
 		{func() error { _, err := c.ActivateIdentity(ctx, "id", 2); return err },
 			call{Pattern: "POST /api/v1/identities/{name}/activate", Body: `{"version":2}`}},
 		{func() error { _, err := c.PruneIdentity(ctx, "id"); return err }, call{Pattern: "POST /api/v1/identities/{name}/prune"}},
-		{func() error { _, err := c.RotateKEK(ctx); return err }, call{Pattern: "POST /api/v1/kek/rotate"}},
+		{func() error { _, err := c.RotateKEK(ctx, nil); return err }, call{Pattern: "POST /api/v1/kek/rotate", Query: "progress=true"}},
 	}
 	for i, s := range steps {
 		require.NoError(t, s.do(), s.want.Pattern)

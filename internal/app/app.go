@@ -26,8 +26,10 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/config"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/probe"
+	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 	"github.com/trustflow/trustflow/internal/web"
@@ -43,6 +45,9 @@ type Options struct {
 	Stderr io.Writer
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
+	// KEKRefresh is how often the node re-reads the active key-encryption
+	// key id. Defaults to 2s.
+	KEKRefresh time.Duration
 }
 
 // App is a built trustflow server.
@@ -55,6 +60,7 @@ type App struct {
 	Trust      *truststore.Service
 	Connectors *connector.Service
 	Engine     *engine.Engine
+	Keys       *custody.Manager
 	API        *api.Server
 	Console    *web.Console
 
@@ -95,12 +101,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err := ensureDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	keyring, unfinished, createdKEK, err := loadKEK(cfg.KEKFile)
+	source, err := kekSource(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("app: key-encryption key: %w", err)
-	}
-	if createdKEK {
-		opts.Logger.Info("created key-encryption key", "path", cfg.KEKFile, "kek_id", keyring.CurrentID())
 	}
 	dbc, err := config.ParseDatabaseURL(cfg.DatabaseURL, cfg.DataDir)
 	if err != nil {
@@ -113,7 +116,24 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a := &App{cfg: cfg, log: opts.Logger, Store: st}
 	a.Audit = audit.New(st, opts.Clock)
 	a.Auth = auth.NewService(st, a.Audit, opts.Clock)
-	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: keyring, Clock: opts.Clock, FIPS: cfg.FIPS})
+	// The keyring is settled before anything can seal: the node refuses
+	// to start without the database's active KEK, and finishes an
+	// interrupted rotation first.
+	a.Keys, err = custody.Open(ctx, custody.Config{Store: st, Audit: a.Audit, Source: source, Clock: opts.Clock, Logger: opts.Logger,
+		AllowMissingKEK: cfg.AllowMissingKEK, RefreshEvery: opts.KEKRefresh,
+		OnKeyring: func(kr *seal.Keyring) {
+			if a.Trust != nil {
+				a.Trust.UseKeyring(kr)
+			}
+		}})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("app: key-encryption key: %w", err)
+	}
+	if a.Keys.Created {
+		opts.Logger.Info("created key-encryption key", "source", source.String(), "kek_id", a.Keys.ActiveID())
+	}
+	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: a.Keys.Keyring(), Clock: opts.Clock, FIPS: cfg.FIPS})
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -125,7 +145,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	}
 	a.Trust.SetInUse(a.Connectors.InUse)
 	a.Engine, err = engine.New(ctx, engine.Config{Store: st, Audit: a.Audit, Connectors: a.Connectors, Trust: a.Trust, Clock: opts.Clock,
-		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter})
+		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, KeysReady: a.Keys.Ready})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("app: engine: %w", err)
@@ -135,14 +155,6 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		st.Close()
 		return nil, err
-	}
-	kf := &kekFiles{path: cfg.KEKFile, trust: a.Trust}
-	if unfinished != nil {
-		opts.Logger.Warn("finishing an interrupted key-encryption key rotation", "kek_id", unfinished.ID())
-		if err := kf.finish(ctx, keyring, unfinished); err != nil {
-			st.Close()
-			return nil, err
-		}
 	}
 
 	path := filepath.Join(cfg.DataDir, config.AdminTokenFile)
@@ -163,7 +175,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.API = api.New(api.Config{
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
-		Trust: a.Trust, RotateKEK: kf.rotate, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
+		Trust: a.Trust, RotateKEK: a.rotateKEK, KEKStatus: a.Keys.Status, KeysReady: a.Keys.Ready, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
 	})
 	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine, Prober: prober,
 		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
@@ -210,6 +222,10 @@ func (a *App) Start(ctx context.Context) error {
 		return fmt.Errorf("app: start workers: %w", err)
 	}
 	a.engineStarted = true
+	if err := a.Keys.Start(context.WithoutCancel(ctx)); err != nil {
+		ln.Close()
+		return fmt.Errorf("app: start key-encryption key checks: %w", err)
+	}
 	a.ln, a.srv = ln, srv
 	a.serveErr = make(chan error, 1)
 	go func() {
@@ -273,6 +289,7 @@ func (a *App) Stop() error {
 			errs = append(errs, fmt.Errorf("app: shutdown http: %w", err))
 		}
 	}
+	a.Keys.Stop()
 	if a.engineStarted {
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 		if err := a.Engine.Stop(ctx); err != nil {

@@ -5,96 +5,33 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sync"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/seal"
-	"github.com/trustflow/trustflow/internal/truststore"
 )
 
-// kekFiles rotates the key-encryption key kept in a file. The new KEK is
-// written beside the current one as FILE.next before any key is re-wrapped,
-// and renamed over FILE only after the re-wrap committed, so a crash at any
-// point leaves every sealed key openable: on the next start, loadKEK finds
-// FILE.next, holds both keys, and finishes the rotation.
-type kekFiles struct {
-	path  string
-	trust *truststore.Service
-	mu    sync.Mutex
-}
-
-func nextPath(path string) string { return path + ".next" }
-
-// loadKEK loads (or creates) the KEK file and returns the keyring to start
-// with, plus the KEK of an unfinished rotation, if any.
-func loadKEK(path string) (*seal.Keyring, *seal.KEK, bool, error) {
-	kek, created, err := seal.LoadOrCreateKEKFile(path)
+// kekSource builds the key-encryption key source that --kek names.
+func kekSource(cfg config.Config) (seal.Source, error) {
+	src, err := config.ParseKEKURI(cfg.KEK)
 	if err != nil {
-		return nil, nil, false, err
+		return nil, err
 	}
-	next, err := seal.LoadKEKFile(nextPath(path))
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return seal.NewKeyring(kek), nil, created, nil
-	case err != nil:
-		return nil, nil, false, fmt.Errorf("an interrupted key rotation left %s, which does not load: %w", nextPath(path), err)
+	switch src.Scheme {
+	case "file":
+		return seal.FileSource{Path: src.Path}, nil
+	case "env":
+		return seal.EnvSource{Name: src.Path, Getenv: os.Getenv}, nil
 	}
-	return seal.NewKeyring(next, kek), next, created, nil
+	return nil, errors.New("--kek pkcs11: not wired")
 }
 
-// finish completes an interrupted rotation found at start.
-func (k *kekFiles) finish(ctx context.Context, keyring *seal.Keyring, next *seal.KEK) error {
-	if _, err := k.trust.Rewrap(ctx, audit.System, keyring, next); err != nil {
-		return fmt.Errorf("app: finish interrupted key rotation: %w", err)
-	}
-	return k.commit(next)
-}
-
-// commit makes next the KEK file and drops the old key from memory.
-func (k *kekFiles) commit(next *seal.KEK) error {
-	if err := os.Rename(nextPath(k.path), k.path); err != nil {
-		return fmt.Errorf("app: replace %s: %w", k.path, err)
-	}
-	if d, err := os.Open(filepath.Dir(k.path)); err == nil {
-		syncErr := d.Sync()
-		d.Close()
-		if syncErr != nil {
-			return fmt.Errorf("app: sync %s: %w", filepath.Dir(k.path), syncErr)
-		}
-	}
-	k.trust.UseKeyring(seal.NewKeyring(next))
-	return nil
-}
-
-// rotate generates a new KEK, re-wraps every sealed key under it, and
-// replaces the KEK file.
-func (k *kekFiles) rotate(ctx context.Context, actor audit.Actor) (truststore.RewrapResult, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	next, err := seal.NewKEK()
+// rotateKEK is the API's `kek rotate`.
+func (a *App) rotateKEK(ctx context.Context, actor audit.Actor, progress custody.Progress) (custody.Result, error) {
+	res, err := a.Keys.Rotate(ctx, actor, progress)
 	if err != nil {
-		return truststore.RewrapResult{}, fmt.Errorf("app: rotate kek: %w", err)
-	}
-	if err := seal.WriteKEKFile(nextPath(k.path), next); err != nil {
-		return truststore.RewrapResult{}, fmt.Errorf("app: rotate kek: %w", err)
-	}
-	current := k.trust.Keyring()
-	res, err := k.trust.Rewrap(ctx, actor, seal.NewKeyring(next, current.KEKs()...), next)
-	var incomplete *truststore.RewrapIncompleteError
-	switch {
-	case errors.As(err, &incomplete):
-		// Keys are already sealed under the new KEK: keep FILE.next so that
-		// the next start (or rotation) finishes the job.
-		return truststore.RewrapResult{}, fmt.Errorf("app: rotate kek: %w (the new key is kept in %s; the rotation finishes at the next start)", err, nextPath(k.path))
-	case err != nil:
-		if rmErr := os.Remove(nextPath(k.path)); rmErr != nil {
-			err = errors.Join(err, rmErr)
-		}
-		return truststore.RewrapResult{}, err
-	}
-	if err := k.commit(next); err != nil {
-		return truststore.RewrapResult{}, err
+		return custody.Result{}, fmt.Errorf("app: rotate kek: %w", err)
 	}
 	return res, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"encoding/json"
-	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
@@ -61,7 +62,7 @@ func kekConfig(t *testing.T, d store.Dialect) config.Config {
 // cleanup (Stop is idempotent, so tests may stop it earlier).
 func newKEKApp(t *testing.T, cfg config.Config, logs io.Writer) *App {
 	t.Helper()
-	a, err := New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	a, err := New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(logs, nil)), KEKRefresh: 20 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() { a.Stop() })
 	return a
@@ -103,20 +104,34 @@ func requireNoNext(t *testing.T, cfg config.Config) {
 	require.ErrorIs(t, err, fs.ErrNotExist, "no unfinished rotation is left behind")
 }
 
-// storedKEKIDs lists the KEK ids the sealed keys name.
+// storedKEKIDs lists the KEK ids that sealed values of every registered
+// column name.
 func storedKEKIDs(t *testing.T, st *store.Store) []string {
 	t.Helper()
-	rows, err := st.DB().QueryContext(context.Background(), "SELECT DISTINCT kek_id FROM identity_versions ORDER BY kek_id")
+	counts, err := st.SealedKEKCounts(context.Background())
 	require.NoError(t, err)
-	defer rows.Close()
 	var ids []string
-	for rows.Next() {
-		var id string
-		require.NoError(t, rows.Scan(&id))
-		ids = append(ids, id)
+	for _, byKEK := range counts {
+		for id := range byKEK {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
 	}
-	require.NoError(t, rows.Err())
+	slices.Sort(ids)
 	return ids
+}
+
+// kekStates returns the recorded KEKs as id -> state.
+func kekStates(t *testing.T, st *store.Store) map[string]string {
+	t.Helper()
+	recs, err := st.KEKs(context.Background())
+	require.NoError(t, err)
+	out := map[string]string{}
+	for _, r := range recs {
+		out[r.ID] = r.State
+	}
+	return out
 }
 
 // lastKEKRotation returns the newest kek.rotate audit record.
@@ -129,15 +144,16 @@ func lastKEKRotation(t *testing.T, a *App) audit.Record {
 }
 
 type rotationDetails struct {
-	From []string `json:"from_kek_ids"`
-	To   string   `json:"to_kek_id"`
-	Keys int      `json:"keys"`
-	Pass int      `json:"pass"`
+	From     []string       `json:"from_kek_ids"`
+	To       string         `json:"to_kek_id"`
+	Keys     int            `json:"keys"`
+	Verified int            `json:"verified"`
+	Columns  map[string]int `json:"columns"`
 }
 
-func postRotate(t *testing.T, a *App) (*http.Response, []byte) {
+func postRotate(t *testing.T, a *App, query string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, a.URL()+"/api/v1/kek/rotate", nil)
+	req, err := http.NewRequest(http.MethodPost, a.URL()+"/api/v1/kek/rotate"+query, nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+a.AdminToken)
 	resp, err := http.DefaultClient.Do(req)
@@ -161,14 +177,17 @@ func TestKEKRotationOverHTTP(t *testing.T) {
 			oldFile, err := os.ReadFile(cfg.KEKFile)
 			require.NoError(t, err)
 			oldID := loadKEKID(t, cfg.KEKFile)
+			require.Equal(t, map[string]string{oldID: store.KEKActive}, kekStates(t, a.Store), "the first start records the KEK id, never the key")
 
-			resp, body := postRotate(t, a)
+			resp, body := postRotate(t, a, "")
 			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
-			var res truststore.RewrapResult
+			var res custody.Result
 			require.NoError(t, json.Unmarshal(body, &res))
 			newID := loadKEKID(t, cfg.KEKFile)
 			require.NotEqual(t, oldID, newID)
-			require.Equal(t, truststore.RewrapResult{FromKEKs: []string{oldID}, ToKEK: newID, Keys: 1}, res)
+			require.Equal(t, custody.Result{FromKEKs: []string{oldID}, ToKEK: newID, Keys: 1, Total: 1, Verified: 1,
+				Columns: map[string]int{"identity key": 1}}, res)
+			require.Equal(t, map[string]string{oldID: store.KEKRetired, newID: store.KEKActive}, kekStates(t, a.Store))
 
 			newFile, err := os.ReadFile(cfg.KEKFile)
 			require.NoError(t, err)
@@ -184,8 +203,23 @@ func TestKEKRotationOverHTTP(t *testing.T) {
 			require.Equal(t, "admin", rec.Actor.Role)
 			var det rotationDetails
 			require.NoError(t, json.Unmarshal(rec.Details, &det))
-			require.Equal(t, rotationDetails{From: []string{oldID}, To: newID, Keys: 1, Pass: 1}, det)
+			require.Equal(t, rotationDetails{From: []string{oldID}, To: newID, Keys: 1, Verified: 1, Columns: map[string]int{"identity key": 1}}, det)
 			require.NotContains(t, logs.String(), string(bytes.TrimSpace(newFile)))
+
+			// Streamed: progress lines, then the result.
+			resp, body = postRotate(t, a, "?progress=true")
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			require.Equal(t, "application/x-ndjson", resp.Header.Get("Content-Type"))
+			lines := bytes.Split(bytes.TrimSpace(body), []byte("\n"))
+			require.Len(t, lines, 2, "%s", body)
+			require.JSONEq(t, `{"rewrapped":1,"total":1}`, string(lines[0]))
+			var final struct {
+				Result custody.Result `json:"result"`
+			}
+			require.NoError(t, json.Unmarshal(lines[1], &final))
+			require.Equal(t, []string{newID}, final.Result.FromKEKs)
+			thirdID := loadKEKID(t, cfg.KEKFile)
+			require.Equal(t, thirdID, final.Result.ToKEK)
 			require.NoError(t, a.Stop())
 
 			// A new server on the same data dir opens the key with the new KEK.
@@ -194,18 +228,19 @@ func TestKEKRotationOverHTTP(t *testing.T) {
 			requireActiveOpens(t, b, "payments", leaf)
 			require.NoError(t, b.Stop())
 
-			// The old KEK alone no longer opens it.
+			// The old KEK alone does not even start: it is not the active one.
 			require.NoError(t, os.WriteFile(cfg.KEKFile, oldFile, 0o600))
-			c := newKEKApp(t, cfg, io.Discard)
-			_, err = c.Trust.Active(context.Background(), "payments")
-			var ku *truststore.KeyUnavailableError
-			require.ErrorAs(t, err, &ku)
-			require.ErrorIs(t, err, seal.ErrUnknownKEK)
+			_, err = New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			var wrong *custody.WrongKEKError
+			require.ErrorAs(t, err, &wrong)
+			require.Equal(t, thirdID, wrong.Expected)
+			require.Equal(t, []string{oldID}, wrong.Holds)
+			require.ErrorContains(t, err, "the database's active key-encryption key is "+thirdID+", but this node's source file://"+cfg.KEKFile+" holds "+oldID)
 		})
 	}
 }
 
-func TestKEKRotationFailureLeavesTheOldKEK(t *testing.T) {
+func TestKEKRotationFailureKeepsEveryKey(t *testing.T) {
 	t.Parallel()
 	for _, d := range storetest.Dialects(t) {
 		t.Run(string(d), func(t *testing.T) {
@@ -225,23 +260,35 @@ func TestKEKRotationFailureLeavesTheOldKEK(t *testing.T) {
 				flipByte(t, a, "billing", 30), "billing")
 			require.NoError(t, err)
 
-			resp, body := postRotate(t, a)
+			resp, body := postRotate(t, a, "")
 			require.Equal(t, http.StatusInternalServerError, resp.StatusCode, "%s", body)
 			var apiErr struct {
 				Error struct {
-					Code string `json:"code"`
+					Code    string `json:"code"`
+					Message string `json:"message"`
 				} `json:"error"`
 			}
 			require.NoError(t, json.Unmarshal(body, &apiErr))
-			require.Equal(t, "key_unavailable", apiErr.Error.Code)
+			require.Equal(t, "kek_rotation_failed", apiErr.Error.Code)
+			require.Contains(t, apiErr.Error.Message, "re-wrap the identity key [")
 
+			// The old key stays where it was, the new one waits beside it,
+			// and both are held: every intact value opens.
 			got, err := os.ReadFile(cfg.KEKFile)
 			require.NoError(t, err)
 			require.Equal(t, oldFile, got)
-			requireNoNext(t, cfg)
-			require.Equal(t, []string{oldID}, a.Trust.Keyring().IDs())
-			require.Equal(t, []string{oldID}, storedKEKIDs(t, a.Store))
+			next, err := seal.LoadKEKFile(cfg.KEKFile + ".next")
+			require.NoError(t, err)
+			require.ElementsMatch(t, []string{oldID, next.ID()}, a.Trust.Keyring().IDs())
+			require.Equal(t, map[string]string{oldID: store.KEKRetiring, next.ID(): store.KEKActive}, kekStates(t, a.Store))
 			requireActiveOpens(t, a, "payments", good)
+			require.NoError(t, a.Stop())
+
+			// A restart serves (the damaged value blocks only the rotation).
+			var logs kekLog
+			b := newKEKApp(t, cfg, &logs)
+			requireActiveOpens(t, b, "payments", good)
+			require.Contains(t, logs.String(), "the interrupted key-encryption key rotation cannot finish yet")
 		})
 	}
 }
@@ -256,25 +303,38 @@ func flipByte(t *testing.T, a *App, name string, offset int) []byte {
 	return blob
 }
 
+// Each case leaves the data dir and the database as a rotation stopped at
+// some point would (the process test kills real ones); the next start
+// must serve with every value readable, and end with one KEK.
 func TestKEKRotationFinishesAfterACrash(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name string
-		// crash leaves the data dir as a rotation to next interrupted at
-		// some point would.
+		// crash leaves the state a rotation to next interrupted would.
 		crash func(t *testing.T, a *App, cfg config.Config, next *seal.KEK)
-		// keys is how many keys the restart still has to re-wrap.
-		keys int
+		// rotated says whether next is the KEK once the restart is done.
+		rotated bool
 	}{
-		{"after writing kek.next, before re-wrapping", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
+		{"after writing kek.next, before it became active", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
 			require.NoError(t, seal.WriteKEKFile(cfg.KEKFile+".next", next))
-		}, 2},
-		{"after the re-wrap committed, before the rename", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
+		}, false},
+		{"after it became active, before any re-wrap", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
 			require.NoError(t, seal.WriteKEKFile(cfg.KEKFile+".next", next))
-			res, err := a.Trust.Rewrap(context.Background(), audit.System, seal.NewKeyring(next, a.Trust.Keyring().KEKs()...), next)
+			beginRotation(t, a, next)
+		}, true},
+		{"half-way through the re-wrap", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
+			require.NoError(t, seal.WriteKEKFile(cfg.KEKFile+".next", next))
+			beginRotation(t, a, next)
+			rewrapOne(t, a, next)
+		}, true},
+		{"after the old KEK was retired, before the file was replaced", func(t *testing.T, a *App, cfg config.Config, next *seal.KEK) {
+			require.NoError(t, seal.WriteKEKFile(cfg.KEKFile+".next", next))
+			beginRotation(t, a, next)
+			rewrapOne(t, a, next)
+			rewrapOne(t, a, next)
+			_, err := a.Store.DB().ExecContext(context.Background(), "UPDATE keks SET state = 'retired' WHERE state = 'retiring'")
 			require.NoError(t, err)
-			require.Equal(t, 2, res.Keys)
-		}, 0},
+		}, true},
 	}
 	for _, tc := range cases {
 		for _, d := range storetest.Dialects(t) {
@@ -293,105 +353,134 @@ func TestKEKRotationFinishesAfterACrash(t *testing.T) {
 
 				var logs kekLog
 				b := newKEKApp(t, cfg, &logs)
-				require.Equal(t, next.ID(), loadKEKID(t, cfg.KEKFile), "the kek file is the .next key")
+				want := oldID
+				if tc.rotated {
+					want = next.ID()
+				}
+				if tc.rotated && !strings.HasPrefix(tc.name, "after the old KEK was retired") {
+					require.Contains(t, logs.String(), "finishing an interrupted key-encryption key rotation")
+				}
+				require.Equal(t, want, loadKEKID(t, cfg.KEKFile))
 				requireNoNext(t, cfg)
-				require.Equal(t, []string{next.ID()}, b.Trust.Keyring().IDs())
-				require.Equal(t, []string{next.ID()}, storedKEKIDs(t, b.Store))
+				require.Equal(t, []string{want}, b.Trust.Keyring().IDs())
+				require.Equal(t, []string{want}, storedKEKIDs(t, b.Store))
 				requireActiveOpens(t, b, "payments", leaf)
 				requireActiveOpens(t, b, "billing", other)
-				require.Contains(t, logs.String(), "finishing an interrupted key-encryption key rotation")
-				rec := lastKEKRotation(t, b)
-				require.Equal(t, audit.System, rec.Actor)
-				var det rotationDetails
-				require.NoError(t, json.Unmarshal(rec.Details, &det))
-				require.Equal(t, next.ID(), det.To)
-				require.Equal(t, tc.keys, det.Keys)
 				require.NoError(t, b.Stop())
 
-				// And the next start is an ordinary one, with only the new KEK.
+				// And the next start is an ordinary one, with only one KEK.
 				var again kekLog
 				c := newKEKApp(t, cfg, &again)
 				require.NotContains(t, again.String(), "interrupted")
-				require.Equal(t, []string{next.ID()}, c.Trust.Keyring().IDs())
+				require.Equal(t, []string{want}, c.Trust.Keyring().IDs())
 				requireActiveOpens(t, c, "payments", leaf)
 			})
 		}
 	}
 }
 
-// hookClock is the wall clock, except that its next Now runs hook first:
-// the audit log asks for the time inside the re-wrap's transaction, which
-// lets a test act between a pass's reads and its commit.
-type hookClock struct {
-	mu   sync.Mutex
-	hook func()
-}
-
-func (c *hookClock) Now() time.Time {
-	c.mu.Lock()
-	h := c.hook
-	c.hook = nil
-	c.mu.Unlock()
-	if h != nil {
-		h()
-	}
-	return time.Now()
-}
-
-func (c *hookClock) next(h func()) {
-	c.mu.Lock()
-	c.hook = h
-	c.mu.Unlock()
-}
-
-// A key sealed under the old KEK while the first pass runs is left for the
-// second pass. When that pass fails, the first pass has already committed
-// every other key under the new KEK, so the new KEK must survive on disk.
-func TestKEKRotationKeepsTheNewKEKWhenALaterPassFails(t *testing.T) {
-	t.Parallel()
-	if !slices.Contains(storetest.Dialects(t), store.Postgres) {
-		t.Skip("needs PostgreSQL: the late key is written by a second writer while the first pass holds its transaction")
-	}
-	cfg := kekConfig(t, store.Postgres)
-	clk := &hookClock{}
-	a, err := New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: clk})
-	require.NoError(t, err)
-	t.Cleanup(func() { a.Stop() })
-	leaf := importIdentity(t, a, "payments")
-	oldID := loadKEKID(t, cfg.KEKFile)
-	var identity string
-	var blob []byte
-	require.NoError(t, a.Store.DB().QueryRowContext(context.Background(),
-		"SELECT identity_id, sealed_key FROM identity_versions").Scan(&identity, &blob))
-	late := bytes.Clone(blob)
-	late[30] ^= 0x01 // a late key that will not re-wrap
-
-	clk.next(func() {
-		_, err := a.Store.DB().ExecContext(context.Background(), `INSERT INTO identity_versions (identity_id, version, status, source, key_type,
-			sealed_key, kek_id, csr_pem, cert_pem, chain_pem, serial, subject, issuer, fingerprint, activate_on_install, created_at)
-			VALUES ($1, 2, 'staged', 'imported', 'ecdsa-p256', $2, $3, '', '', '', '', '', '', '', false, 0)`, identity, late, oldID)
-		require.NoError(t, err)
-	})
-	kf := &kekFiles{path: cfg.KEKFile, trust: a.Trust}
-	_, err = kf.rotate(context.Background(), audit.System)
-	var ku *truststore.KeyUnavailableError
-	require.ErrorAs(t, err, &ku)
-	require.Equal(t, 2, ku.Version)
-
-	// Whatever the next start does about the late key, the KEKs on disk
-	// still open every intact key.
-	var onDisk []*seal.KEK
-	for _, path := range []string{cfg.KEKFile, cfg.KEKFile + ".next"} {
-		k, err := seal.LoadKEKFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
+// beginRotation records next as active and the current KEK as retiring,
+// as the first transaction of a rotation does.
+func beginRotation(t *testing.T, a *App, next *seal.KEK) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, a.Store.InTx(ctx, func(tx *store.Tx) error {
+		if _, err := tx.SQL().ExecContext(ctx, "UPDATE keks SET state = 'retiring' WHERE state = 'active'"); err != nil {
+			return err
 		}
-		require.NoError(t, err)
-		onDisk = append(onDisk, k)
+		now := time.Now()
+		return tx.PutKEK(ctx, store.KEKRecord{ID: next.ID(), State: store.KEKActive, Source: "test", CreatedAt: now, ActivatedAt: &now})
+	}))
+}
+
+// rewrapOne re-wraps one identity key still under another KEK to next.
+func rewrapOne(t *testing.T, a *App, next *seal.KEK) {
+	t.Helper()
+	ctx := context.Background()
+	col := store.SealedColumns()[0]
+	require.Equal(t, "identity_versions", col.Table)
+	page, err := a.Store.SealedPage(ctx, nil, col, next.ID(), nil, 1)
+	require.NoError(t, err)
+	require.Len(t, page, 1)
+	blob, err := a.Trust.Keyring().Rewrap(page[0].Blob, next)
+	require.NoError(t, err)
+	require.NoError(t, a.Store.InTx(ctx, func(tx *store.Tx) error {
+		ok, err := tx.ReplaceSealed(ctx, col, page[0], blob, next.ID())
+		require.True(t, ok)
+		return err
+	}))
+}
+
+// A node started against a database with an empty data dir never makes a
+// KEK of its own: it refuses, naming the key it needs.
+func TestNodeWithoutTheKEKRefusesToStart(t *testing.T) {
+	t.Parallel()
+	for _, d := range storetest.Dialects(t) {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			cfg := kekConfig(t, d)
+			a := newKEKApp(t, cfg, io.Discard)
+			importIdentity(t, a, "payments")
+			id := loadKEKID(t, cfg.KEKFile)
+			require.NoError(t, a.Stop())
+
+			empty := cfg
+			empty.DataDir = filepath.Join(t.TempDir(), "other")
+			empty.KEKFile, empty.KEK = "", ""
+			if d == store.SQLite {
+				empty.DatabaseURL = "sqlite:" + filepath.Join(cfg.DataDir, config.SQLiteFileName)
+			}
+			empty = empty.WithDefaults()
+			_, err := New(context.Background(), empty, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			var wrong *custody.WrongKEKError
+			require.ErrorAs(t, err, &wrong)
+			require.Equal(t, id, wrong.Expected)
+			require.Empty(t, wrong.Holds)
+			_, statErr := os.Stat(empty.KEKFile)
+			require.ErrorIs(t, statErr, fs.ErrNotExist, "no KEK was created")
+
+			// Another KEK is refused the same way, before anything is served.
+			other, err := seal.NewKEK()
+			require.NoError(t, err)
+			require.NoError(t, seal.WriteKEKFile(empty.KEKFile, other))
+			_, err = New(context.Background(), empty, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			require.ErrorAs(t, err, &wrong)
+			require.Equal(t, []string{other.ID()}, wrong.Holds)
+		})
 	}
-	fromDisk, err := truststore.New(truststore.Config{Store: a.Store, Audit: a.Audit, Keyring: seal.NewKeyring(onDisk[0], onDisk[1:]...)})
-	require.NoError(t, err)
-	ac, err := fromDisk.Active(context.Background(), "payments")
-	require.NoError(t, err)
-	require.True(t, leaf.Cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(ac.Certificate.PrivateKey.(crypto.Signer).Public()))
+}
+
+// Sealed values whose KEK the node lacks stop the start, named by column,
+// unless --allow-missing-kek, which is audited.
+func TestStartupNamesSealedValuesItCannotOpen(t *testing.T) {
+	t.Parallel()
+	for _, d := range storetest.Dialects(t) {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			cfg := kekConfig(t, d)
+			a := newKEKApp(t, cfg, io.Discard)
+			importIdentity(t, a, "payments")
+			foreign, err := seal.NewKEK()
+			require.NoError(t, err)
+			blob, err := seal.NewKeyring(foreign).Seal([]byte("x"), store.IdentityKeyAAD("id-x", 1))
+			require.NoError(t, err)
+			_, err = a.Store.DB().ExecContext(context.Background(), "UPDATE identity_versions SET sealed_key = $1, kek_id = $2", blob, foreign.ID())
+			require.NoError(t, err)
+			require.NoError(t, a.Stop())
+
+			_, err = New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			var missing *custody.MissingKEKError
+			require.ErrorAs(t, err, &missing)
+			require.Equal(t, map[string][]string{foreign.ID(): {"identity_versions.sealed_key: 1"}}, missing.Missing)
+			require.ErrorContains(t, err, "--allow-missing-kek")
+
+			allow := cfg
+			allow.AllowMissingKEK = true
+			b := newKEKApp(t, allow, io.Discard)
+			recs, err := b.Audit.List(context.Background(), audit.Filter{Action: "kek.missing_allowed"})
+			require.NoError(t, err)
+			require.Len(t, recs, 1)
+			require.Contains(t, string(recs[0].Details), foreign.ID())
+		})
+	}
 }

@@ -170,7 +170,7 @@ func TestTokenAndAuditCommands(t *testing.T) {
 			for _, rec := range page.Records {
 				actions = append(actions, rec.Action)
 			}
-			require.Equal(t, []string{"token.revoke", "auth.denied", "auth.denied", "token.create", "token.create"}, actions)
+			require.Equal(t, []string{"token.revoke", "auth.denied", "auth.denied", "token.create", "token.create", "kek.record"}, actions, "newest first; the first start records its KEK id")
 			var exported []int64
 			sc := bufio.NewScanner(strings.NewReader(s.ok(t, "audit", "export", "--action", "token.*")))
 			for sc.Scan() {

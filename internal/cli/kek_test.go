@@ -18,17 +18,23 @@ func TestKEKRotate(t *testing.T) {
 	csrPath := f.path("pending.csr")
 	s.ok(t, "identity", "create", "pending", "--subject", "CN=pending", "--csr-out", csrPath)
 
-	var res truststore.RewrapResult
+	var res apiclient.KEKRotation
 	s.json(t, &res, "kek", "rotate")
 	require.Equal(t, 2, res.Keys)
+	require.Equal(t, 2, res.Total)
+	require.Equal(t, 2, res.Verified)
+	require.Equal(t, map[string]int{"identity key": 2}, res.Columns)
 	require.Len(t, res.FromKEKs, 1)
 	require.NotEmpty(t, res.ToKEK)
 	require.NotEqual(t, res.FromKEKs[0], res.ToKEK)
 
-	out := s.ok(t, "kek", "rotate")
+	r := s.run(t, "kek", "rotate")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, "rewrapped 2 of 2\n", r.stderr, "progress, as the re-wrap goes")
+	out := r.stdout
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	require.Len(t, lines, 3, out)
-	require.Equal(t, "rotated the key-encryption key: re-wrapped 2 keys", lines[0])
+	require.Equal(t, "rotated the key-encryption key: re-wrapped 2 sealed values, verified 2", lines[0])
 	require.Equal(t, []string{"from:", res.ToKEK}, strings.Fields(lines[1]))
 	require.Equal(t, "to:", strings.Fields(lines[2])[0])
 	require.Len(t, strings.Fields(lines[2]), 2)

@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -37,7 +38,7 @@ func startServer(t *testing.T) *server {
 	t.Helper()
 	dir := t.TempDir()
 	a, err := app.New(t.Context(), config.Config{DataDir: dir, Listen: "127.0.0.1:0"},
-		app.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Stderr: io.Discard})
+		app.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Stderr: io.Discard, KEKRefresh: 50 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, a.Start(t.Context()))
 	t.Cleanup(func() { require.NoError(t, a.Stop()) })

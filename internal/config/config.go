@@ -20,6 +20,7 @@ const (
 	EnvServer      = "TRUSTFLOW_SERVER"
 	EnvToken       = "TRUSTFLOW_TOKEN"
 	EnvKEKFile     = "TRUSTFLOW_KEK_FILE"
+	EnvKEK         = "TRUSTFLOW_KEK"
 )
 
 // Defaults.
@@ -48,7 +49,15 @@ type Config struct {
 	// file:PATH) names another SQLite file.
 	DatabaseURL string
 	// KEKFile is the key-encryption key's path. Defaults to DataDir/kek.
+	// Used when KEK is empty.
 	KEKFile string
+	// KEK names where the key-encryption key lives: file://PATH, env://NAME,
+	// or a PKCS#11 URI (pkcs11:token=T;object=O?module-path=...). Defaults to
+	// file://KEKFile.
+	KEK string
+	// AllowMissingKEK starts the server even when sealed values name
+	// key-encryption keys the KEK source does not hold (audited).
+	AllowMissingKEK bool
 	// LogFormat is "text" or "json". Defaults to text.
 	LogFormat string
 	// FIPS refuses to start unless Go's FIPS 140-3 module is enabled.
@@ -81,6 +90,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.KEKFile == "" {
 		c.KEKFile = filepath.Join(c.DataDir, KEKFileName)
+	}
+	if c.KEK == "" {
+		c.KEK = "file://" + c.KEKFile
 	}
 	if c.LogFormat == "" {
 		c.LogFormat = DefaultLogFormat
@@ -127,6 +139,9 @@ func (c Config) Validate() error {
 	if _, err := ParseDatabaseURL(c.DatabaseURL, c.DataDir); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := ParseKEKURI(c.KEK); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}
@@ -171,4 +186,35 @@ func redactURL(raw string) string {
 		return raw
 	}
 	return u.Redacted()
+}
+
+// KEKSource is a parsed --kek value.
+type KEKSource struct {
+	// Scheme is "file", "env" or "pkcs11".
+	Scheme string
+	// Path is the file (file), the variable name (env), or the whole URI
+	// (pkcs11, parsed by the PKCS#11 layer).
+	Path string
+}
+
+// ParseKEKURI interprets a --kek value.
+func ParseKEKURI(raw string) (KEKSource, error) {
+	switch {
+	case strings.HasPrefix(raw, "file://"):
+		p := strings.TrimPrefix(raw, "file://")
+		if p == "" {
+			return KEKSource{}, errors.New("--kek file://: needs a path, e.g. file:///var/lib/trustflow/kek")
+		}
+		return KEKSource{Scheme: "file", Path: p}, nil
+	case strings.HasPrefix(raw, "env://"):
+		name := strings.TrimPrefix(raw, "env://")
+		if name == "" || strings.ContainsAny(name, "=\x00 /") {
+			return KEKSource{}, fmt.Errorf("--kek env://: needs an environment variable name, e.g. env://TRUSTFLOW_KEK_VALUE (got %q)", name)
+		}
+		return KEKSource{Scheme: "env", Path: name}, nil
+	case strings.HasPrefix(raw, "pkcs11:"):
+		return KEKSource{Scheme: "pkcs11", Path: raw}, nil
+	default:
+		return KEKSource{}, errors.New("--kek: unknown key-encryption key source; use file://PATH, env://NAME or a pkcs11: URI (pkcs11:token=T;object=O?module-path=...&pin-source=file:PATH)")
+	}
 }

@@ -92,7 +92,7 @@ type ConflictError struct{ Code, Message, Hint string }
 
 func (e *ConflictError) Error() string { return "connector: " + e.Message }
 
-func secretAAD(id string) []byte { return []byte("trustflow/connector/" + id) }
+func secretAAD(id string) []byte { return store.ConnectorSecretAAD(id) }
 
 func decodeStored(c store.Connector, pins *[]string, settings *AuthSettings) error {
 	if err := json.Unmarshal([]byte(c.Pins), pins); err != nil {

@@ -78,6 +78,10 @@ type Config struct {
 	// ScanInterval is how often the leader scans for expiring identities
 	// and CAs. Defaults to 1h.
 	ScanInterval time.Duration
+	// KeysReady, when set, reports whether this node holds the active
+	// key-encryption key; while it returns an error the node takes no run
+	// job (each is snoozed for another node, or for later).
+	KeysReady func() error
 }
 
 // Engine runs flows.

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/queue"
+	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 )
 
@@ -39,6 +39,14 @@ const leaseRetry = 250 * time.Millisecond
 
 // advance is the queue's handler: it moves one run as far as it can go.
 func (e *Engine) advance(ctx context.Context, runID string) error {
+	if e.cfg.KeysReady != nil {
+		if err := e.cfg.KeysReady(); err != nil {
+			// Without the active KEK this node can neither open the run's
+			// sealed values nor seal new ones: leave the run to a node
+			// that can, or to this one once its source has the key.
+			return queue.Snooze(keysRetry)
+		}
+	}
 	now := e.clock.Now()
 	// The lease names this advance, not just this node: two workers of one
 	// node (the run's job and the job a cancel or a finished child
@@ -84,11 +92,21 @@ func (e *Engine) advance(ctx context.Context, runID string) error {
 		return nil
 	}
 	x, err := e.newExecution(ctx, r)
+	if errors.Is(err, seal.ErrUnknownKEK) {
+		// Sealed by a KEK this node does not hold yet (a rotation on
+		// another node): a rotation must never fail a run.
+		e.log.Warn("run sealed under a key-encryption key this node does not hold; retrying", "run", runID, "err", err)
+		return queue.Snooze(keysRetry)
+	}
 	if err != nil {
 		return err
 	}
 	return x.advance(ctx)
 }
+
+// keysRetry is how soon a run job snoozed for want of a key-encryption key
+// is tried again.
+const keysRetry = time.Second
 
 // execution is one advance of one run.
 type execution struct {
@@ -307,11 +325,11 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	if x.redact(cp.State) != cp.State {
 		// The state (a foreach's items, say) holds a secret input, and a
 		// resumed run needs it whole: it is stored sealed, not redacted.
-		blob, _, err := x.e.trust.SealSecret([]byte(cp.State), stateAAD(x.run.ID, cp.Path))
+		blob, kek, err := x.e.trust.SealSecret([]byte(cp.State), store.StepStateAAD(x.run.ID, cp.Path))
 		if err != nil {
 			return err
 		}
-		stored.State = sealedStatePrefix + base64.StdEncoding.EncodeToString(blob)
+		stored.State, stored.StateKEKID = store.EncodeSealedText(blob), kek
 	}
 	if err := x.e.st.InTx(ctx, func(tx *store.Tx) error { return tx.PutStep(ctx, stored) }); err != nil {
 		return err
@@ -322,22 +340,16 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	return nil
 }
 
-// sealedStatePrefix marks a step state stored sealed.
-const sealedStatePrefix = "sealed:"
-
-func stateAAD(runID, path string) []byte { return []byte("trustflow/run/" + runID + "/state/" + path) }
-
 // openState returns a stored step state in clear.
 func (e *Engine) openState(runID string, st store.Step) (string, error) {
-	enc, ok := strings.CutPrefix(st.State, sealedStatePrefix)
-	if !ok {
+	blob, sealed, err := store.DecodeSealedText(st.State)
+	if !sealed {
 		return st.State, nil
 	}
-	blob, err := base64.StdEncoding.DecodeString(enc)
 	if err != nil {
 		return "", fmt.Errorf("engine: run %s step %s: sealed state: %w", runID, st.Path, err)
 	}
-	raw, err := e.trust.OpenSecret(blob, stateAAD(runID, st.Path))
+	raw, err := e.trust.OpenSecret(blob, store.StepStateAAD(runID, st.Path))
 	if err != nil {
 		return "", fmt.Errorf("engine: run %s step %s: sealed state: %w", runID, st.Path, err)
 	}

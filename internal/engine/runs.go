@@ -46,7 +46,7 @@ type StartRequest struct {
 	Redact []string
 }
 
-func runAAD(id string) []byte { return []byte("trustflow/run/" + id + "/input") }
+func runAAD(id string) []byte { return store.RunInputAAD(id) }
 
 // StartRun validates the input and writes the run, its audit record and its
 // queue job in one transaction: a run is never lost between accepted and
@@ -348,7 +348,7 @@ func (e *Engine) newWebhookSecret(head *store.Flow) error {
 	return nil
 }
 
-func webhookAAD(flow string) []byte { return []byte("trustflow/flow/" + flow + "/webhook") }
+func webhookAAD(flow string) []byte { return store.WebhookSecretAAD(flow) }
 
 // WebhookSecret returns the HMAC secret of a flow with an hmac webhook
 // trigger; reading it is audited.

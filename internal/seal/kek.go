@@ -30,6 +30,9 @@ type KEK struct {
 	key  [kekSize]byte
 	id   [kekIDSize]byte
 	aead cipher.AEAD // AES-256-GCM with random nonces under key
+	// external is set when the key lives outside this process (an HSM):
+	// key is then all zeros and aead calls into the device.
+	external bool
 }
 
 // NewKEK returns a new random key-encryption key.
@@ -60,6 +63,32 @@ func newKEK(key []byte) (*KEK, error) {
 	copy(k.id[:], h.Sum(nil))
 	return k, nil
 }
+
+// NewExternalKEK returns a KEK whose key never enters this process: aead
+// wraps and unwraps data keys inside a device (an HSM) with AES-256-GCM,
+// generating the 96-bit nonce itself and prepending it to the ciphertext, as
+// [crypto/cipher.NewGCMWithRandomNonce] does (NonceSize 0, Overhead 28).
+// id is the KEK's 16-hex-digit id, chosen when the device key was created
+// and stored with it. An external KEK cannot be written to a file.
+func NewExternalKEK(id string, aead cipher.AEAD) (*KEK, error) {
+	raw, err := hex.DecodeString(id)
+	if err != nil || len(raw) != kekIDSize {
+		return nil, fmt.Errorf("seal: external kek: id %q is not %d hex digits", id, 2*kekIDSize)
+	}
+	if aead == nil {
+		return nil, errors.New("seal: external kek: nil aead")
+	}
+	if aead.NonceSize() != 0 || aead.Overhead() != nonceSize+tagSize {
+		return nil, fmt.Errorf("seal: external kek %s: the device cipher must generate its own 12-byte nonce and add a 16-byte tag (nonce size %d, overhead %d)", id, aead.NonceSize(), aead.Overhead())
+	}
+	k := &KEK{aead: aead, external: true}
+	copy(k.id[:], raw)
+	return k, nil
+}
+
+// External reports whether the key lives outside this process (an HSM), so
+// it cannot be exported, backed up or written to a file.
+func (k *KEK) External() bool { return k.external }
 
 // usable reports whether k was made by this package rather than being a nil
 // pointer or a zero KEK{} literal, which holds no key.
@@ -111,6 +140,9 @@ func ParseKEK(data []byte) (*KEK, error) {
 // appendText appends the KEK in the format ParseKEK reads. The result holds the
 // key: callers zero it after use.
 func (k *KEK) appendText(dst []byte) []byte {
+	if k.external {
+		panic("seal: appendText on an external kek") // callers check External first
+	}
 	dst = append(dst, kekFileHeader+"\n"...)
 	dst = base64.StdEncoding.AppendEncode(dst, k.key[:])
 	return append(dst, '\n')

@@ -95,6 +95,9 @@ func writeKEKFile(path string, k *KEK, replace bool) (err error) {
 	if !k.usable() {
 		return errors.New("nil kek")
 	}
+	if k.external {
+		return fmt.Errorf("key-encryption key %s lives in a device and cannot be written to a file", k.ID())
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

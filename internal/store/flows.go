@@ -382,18 +382,20 @@ type Step struct {
 	NextAttemptAt *time.Time
 	DurationMS    int64
 	Seq           int64
+	// StateKEKID names the KEK of a sealed State ("" when State is clear).
+	StateKEKID string
 }
 
-const stepColumns = "run_id, path, step_id, kind, status, attempts, state, output, evidence, error, started_at, finished_at, next_attempt_at, duration_ms, seq"
+const stepColumns = "run_id, path, step_id, kind, status, attempts, state, output, evidence, error, started_at, finished_at, next_attempt_at, duration_ms, seq, state_kek_id"
 
 // PutStep writes a step checkpoint (insert or replace).
 func (t *Tx) PutStep(ctx context.Context, st Step) error {
-	q := "INSERT INTO run_steps (" + stepColumns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) " +
-		"ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, state = excluded.state, output = excluded.output, " +
+	q := "INSERT INTO run_steps (" + stepColumns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) " +
+		"ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, state = excluded.state, state_kek_id = excluded.state_kek_id, output = excluded.output, " +
 		"evidence = excluded.evidence, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at, " +
 		"next_attempt_at = excluded.next_attempt_at, duration_ms = excluded.duration_ms, seq = excluded.seq"
 	_, err := t.tx.ExecContext(ctx, q, st.RunID, st.Path, st.StepID, st.Kind, st.Status, st.Attempts, st.State, st.Output, st.Evidence, st.Error,
-		nullMicros(st.StartedAt), nullMicros(st.FinishedAt), nullMicros(st.NextAttemptAt), st.DurationMS, st.Seq)
+		nullMicros(st.StartedAt), nullMicros(st.FinishedAt), nullMicros(st.NextAttemptAt), st.DurationMS, st.Seq, st.StateKEKID)
 	if err != nil {
 		return fmt.Errorf("store: checkpoint %s/%s: %w", st.RunID, st.Path, mapErr(err))
 	}
@@ -427,7 +429,7 @@ func (s *Store) Steps(ctx context.Context, runID string) ([]Step, error) {
 		var st Step
 		var s1, f1, n1 sql.NullInt64
 		if err := rows.Scan(&st.RunID, &st.Path, &st.StepID, &st.Kind, &st.Status, &st.Attempts, &st.State, &st.Output, &st.Evidence, &st.Error,
-			&s1, &f1, &n1, &st.DurationMS, &st.Seq); err != nil {
+			&s1, &f1, &n1, &st.DurationMS, &st.Seq, &st.StateKEKID); err != nil {
 			return nil, fmt.Errorf("store: steps of %s: %w", runID, err)
 		}
 		st.StartedAt, st.FinishedAt, st.NextAttemptAt = fromNullMicros(s1), fromNullMicros(f1), fromNullMicros(n1)

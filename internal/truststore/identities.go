@@ -190,9 +190,7 @@ func (s *Service) checkCertificate(leaf *x509.Certificate, chain []*x509.Certifi
 }
 
 // aad binds a sealed key to its row.
-func aad(identityID string, version int) []byte {
-	return fmt.Appendf(nil, "trustflow/identity/%s/v%d", identityID, version)
-}
+func aad(identityID string, version int) []byte { return store.IdentityKeyAAD(identityID, version) }
 
 func (s *Service) sealKey(identityID string, version int, key crypto.Signer) ([]byte, string, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)

@@ -18,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"software.sslmate.com/src/go-pkcs12"
 
-	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -189,9 +188,6 @@ func TestNoPrivateKeyMaterialLeaks(t *testing.T) {
 			keep(e.svc.Get(ctx, name))
 		}
 		keep(e.svc.List(ctx, 0))
-		next, err := seal.NewKEK()
-		require.NoError(t, err)
-		keep(e.svc.Rewrap(ctx, alice, seal.NewKeyring(next, e.kek), next))
 		require.NoError(t, e.svc.Remove(ctx, alice, "ed25519"))
 
 		// The scan finds a key in each form it looks for.
