@@ -206,3 +206,13 @@ func (s *Signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 // URI names the key: its token, label and id, and the URI's module and PIN
 // source. Its KeyRef is what trustflow stores.
 func (s *Signer) URI() URI { return s.uri }
+
+// Destroy deletes the key pair from the token (C_DestroyObject on both
+// halves). trustflow calls it only to undo a generation whose change
+// failed.
+func (s *Signer) Destroy() error {
+	if err := s.s.Delete(); err != nil {
+		return s.tokens.opError(s.uri, fmt.Sprintf("destroying the key labelled %q", s.uri.Object), err)
+	}
+	return nil
+}

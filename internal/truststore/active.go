@@ -79,12 +79,17 @@ func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (A
 	} else if err != nil {
 		return ActiveCertificate{}, err
 	}
-	key, err := s.openKey(v)
+	key, err := s.openKey(ctx, v)
 	if err != nil {
 		// Fail closed, and leave a trace: an unsealable key is either
-		// tampering or a KEK mix-up, both of which an auditor must see.
+		// tampering or a KEK mix-up, and a token that refuses is a
+		// missing device or a PIN problem, all of which an auditor must see.
+		reason := "sealed key failed authentication"
+		if v.KeyRef != "" {
+			reason = hsmReason(err)
+		}
 		if aerr := s.audit.Record(ctx, audit.Entry{Actor: audit.System, Action: "identity.key_unavailable", Target: "identity/" + name,
-			Outcome: audit.OutcomeFailure, Details: map[string]any{"version": v.Version, "reason": "sealed key failed authentication"}}); aerr != nil {
+			Outcome: audit.OutcomeFailure, Details: map[string]any{"version": v.Version, "reason": reason}}); aerr != nil {
 			return ActiveCertificate{}, errors.Join(err, aerr)
 		}
 		return ActiveCertificate{}, err

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
 )
@@ -39,6 +41,8 @@ type Version struct {
 	Status            string         `json:"status"`
 	Source            string         `json:"source"` // imported or generated
 	KeyType           string         `json:"key_type"`
+	KeyStore          string         `json:"key_store"`         // sealed or pkcs11
+	KeyRef            *KeyRef        `json:"key_ref,omitempty"` // where a pkcs11 key is
 	Serial            string         `json:"serial"`
 	Subject           string         `json:"subject"`
 	Issuer            string         `json:"issuer"`
@@ -68,6 +72,10 @@ func identityView(i store.Identity, versions []store.IdentityVersion) Identity {
 	for _, v := range versions {
 		view := Version{Version: v.Version, Status: v.Status, Source: v.Source, KeyType: v.KeyType, Serial: v.Serial, Subject: v.Subject,
 			Issuer: v.Issuer, FingerprintSHA256: v.Fingerprint, NotBefore: v.NotBefore, NotAfter: v.NotAfter, CreatedAt: v.CreatedAt, ActivatedAt: v.ActivatedAt}
+		view.KeyStore = KeyStoreSealed
+		if v.KeyRef != "" {
+			view.KeyStore, view.KeyRef = KeyStorePKCS11, keyRefView(v.KeyRef)
+		}
 		if v.Status == StatusPending {
 			pending = true
 			view.CSR = v.CSRPEM
@@ -98,10 +106,14 @@ func identityView(i store.Identity, versions []store.IdentityVersion) Identity {
 }
 
 // Material is an identity's certificate, chain and private key, in one of
-// two forms: separate PEM/DER files, or a PKCS#12 file.
+// three forms: separate PEM/DER files, a PKCS#12 file, or a certificate
+// and the pkcs11: URI of its key in a token (KeyRef).
 type Material struct {
-	Cert        []byte
-	Key         []byte
+	Cert []byte
+	Key  []byte
+	// KeyRef names the certificate's key in a PKCS#11 token, instead of
+	// Key: pkcs11:token=T;object=LABEL?module-path=...&pin-source=file:...
+	KeyRef      string
 	KeyPassword []byte
 	Chain       []byte
 	PKCS12      []byte
@@ -112,17 +124,35 @@ type Material struct {
 }
 
 type parsedMaterial struct {
-	key   crypto.Signer
-	leaf  *x509.Certificate
-	chain []*x509.Certificate
+	key crypto.Signer
+	// keyRef is set when key lives in a token: its URI, without a PIN.
+	keyRef string
+	leaf   *x509.Certificate
+	chain  []*x509.Certificate
 }
 
 // parseMaterial reads and checks an identity's material: the key matches
 // the certificate, the certificate may authenticate a TLS client, it is
 // within its validity period, and the chain leads to its issuer.
-func (s *Service) parseMaterial(m Material) (parsedMaterial, error) {
+func (s *Service) parseMaterial(ctx context.Context, m Material) (parsedMaterial, error) {
 	var p parsedMaterial
 	switch {
+	case m.KeyRef != "":
+		if len(m.Key) > 0 || len(m.PKCS12) > 0 {
+			return p, invalid("key_ref", "invalid_input", "give either a key or a key reference, not both", "drop --key/--pkcs12, or drop --key-ref")
+		}
+		if len(m.Cert) == 0 {
+			return p, invalid("cert", "required", "no certificate was given", "pass the certificate of the token's key with --cert FILE")
+		}
+		certs, err := pki.ParseCertificates(m.Cert)
+		if err != nil {
+			return p, fieldError("cert", err)
+		}
+		signer, err := s.findTokenKey(ctx, m.KeyRef)
+		if err != nil {
+			return p, err
+		}
+		p = parsedMaterial{key: signer, keyRef: signer.URI().KeyRef(), leaf: certs[0], chain: certs[1:]}
 	case len(m.PKCS12) > 0:
 		if len(m.Cert) > 0 || len(m.Key) > 0 {
 			return p, invalid("pkcs12", "invalid_input", "give either a PKCS#12 file or a certificate and key, not both", "drop --cert/--key, or drop --pkcs12")
@@ -208,11 +238,16 @@ func (s *Service) sealKey(identityID string, version int, key crypto.Signer) ([]
 
 // versionRow builds a stored version from checked material.
 func (s *Service) versionRow(identityID string, version int, status, source string, p parsedMaterial) (store.IdentityVersion, error) {
+	row := s.certRow(identityID, version, status, source, p)
+	if p.keyRef != "" {
+		// The key stays in its token: nothing is sealed.
+		row.SealedKey, row.KEKID, row.KeyRef = []byte{}, "", p.keyRef
+		return row, nil
+	}
 	sealed, kekID, err := s.sealKey(identityID, version, p.key)
 	if err != nil {
 		return store.IdentityVersion{}, err
 	}
-	row := s.certRow(identityID, version, status, source, p)
 	row.SealedKey, row.KEKID = sealed, kekID
 	return row, nil
 }
@@ -239,7 +274,10 @@ func (s *Service) certRow(identityID string, version int, status, source string,
 }
 
 func certDetails(v store.IdentityVersion) map[string]any {
-	d := map[string]any{"version": v.Version, "key_type": v.KeyType, "status": v.Status}
+	d := map[string]any{"version": v.Version, "key_type": v.KeyType, "status": v.Status, "key_store": KeyStoreSealed}
+	if v.KeyRef != "" {
+		d["key_store"], d["key_ref"] = KeyStorePKCS11, v.KeyRef
+	}
 	if v.Fingerprint != "" {
 		d["fingerprint_sha256"] = v.Fingerprint
 		d["serial"] = v.Serial
@@ -263,7 +301,7 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, req ImportReque
 	if err := checkName("name", req.Name); err != nil {
 		return Identity{}, err
 	}
-	p, err := s.parseMaterial(req.Material)
+	p, err := s.parseMaterial(ctx, req.Material)
 	if err != nil {
 		return Identity{}, err
 	}
@@ -301,21 +339,37 @@ func identityConflict(err error, name string) error {
 	return err
 }
 
-// GenerateSpec describes a key to generate inside trustflow and the CSR to
-// request its certificate with.
+// GenerateSpec describes a key to generate and the CSR to request its
+// certificate with.
 type GenerateSpec struct {
 	Subject  string
 	DNSNames []string
 	KeyType  string // defaults to ecdsa-p256
+	// KeyStore is where the key is generated: "" or "sealed" inside
+	// trustflow (sealed in the database), or a pkcs11: URI naming a token
+	// (and a base label, object=, defaulting to trustflow-NAME), whose PIN
+	// comes from a pin-source. Version 1's key is labelled with the base
+	// label, version N's with BASE-vN. Rotating without a KeyStore keeps
+	// the newest version's: a token-held identity rotates in its token.
+	KeyStore string
 }
 
-func (s *Service) generate(spec GenerateSpec) (crypto.Signer, []byte, string, error) {
+// checkSpec checks the subject of a key to generate.
+func (s *Service) checkSpec(spec GenerateSpec) (pkix.Name, error) {
 	if strings.TrimSpace(spec.Subject) == "" {
-		return nil, nil, "", invalid("subject", "required", "no subject was given", `pass --subject "CN=trustflow-prod,O=Example Agency"`)
+		return pkix.Name{}, invalid("subject", "required", "no subject was given", `pass --subject "CN=trustflow-prod,O=Example Agency"`)
 	}
 	subject, err := pki.ParseSubject(spec.Subject)
 	if err != nil {
-		return nil, nil, "", fieldError("subject", err)
+		return pkix.Name{}, fieldError("subject", err)
+	}
+	return subject, nil
+}
+
+func (s *Service) generate(spec GenerateSpec) (crypto.Signer, []byte, string, error) {
+	subject, err := s.checkSpec(spec)
+	if err != nil {
+		return nil, nil, "", err
 	}
 	keyType := spec.KeyType
 	if keyType == "" {
@@ -351,22 +405,43 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, req CreateReque
 	if err := checkName("name", req.Name); err != nil {
 		return Identity{}, "", err
 	}
-	key, csr, keyType, err := s.generate(req.GenerateSpec)
-	if err != nil {
-		return Identity{}, "", err
-	}
 	id, err := newID("id_")
 	if err != nil {
 		return Identity{}, "", err
 	}
-	sealed, kekID, err := s.sealKey(id, 1, key)
+	u, inToken, err := tokenKeyStore(req.GenerateSpec, req.Name, nil)
 	if err != nil {
 		return Identity{}, "", err
+	}
+	var csr []byte
+	var keyType string
+	var sealed []byte
+	var kekID, keyRef string
+	var generated *hsm.Signer
+	if inToken {
+		if _, err := s.store.IdentityByName(ctx, req.Name); err == nil {
+			return Identity{}, "", identityConflict(store.ErrConflict, req.Name)
+		}
+		generated, csr, keyType, err = s.generateInToken(ctx, u, 1, req.GenerateSpec)
+		if err != nil {
+			return Identity{}, "", err
+		}
+		sealed, keyRef = []byte{}, generated.URI().KeyRef()
+	} else {
+		var key crypto.Signer
+		key, csr, keyType, err = s.generate(req.GenerateSpec)
+		if err != nil {
+			return Identity{}, "", err
+		}
+		sealed, kekID, err = s.sealKey(id, 1, key)
+		if err != nil {
+			return Identity{}, "", err
+		}
 	}
 	now := s.now()
 	ident := store.Identity{ID: id, Name: req.Name, Description: strings.TrimSpace(req.Description), CreatedAt: now, UpdatedAt: now, Revision: 1}
 	row := store.IdentityVersion{IdentityID: id, Version: 1, Status: StatusPending, Source: "generated", KeyType: keyType,
-		SealedKey: sealed, KEKID: kekID, CSRPEM: string(csr), ActivateOnInstall: true, CreatedAt: now}
+		SealedKey: sealed, KEKID: kekID, KeyRef: keyRef, CSRPEM: string(csr), ActivateOnInstall: true, CreatedAt: now}
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertIdentity(ctx, ident); err != nil {
 			return identityConflict(err, req.Name)
@@ -380,7 +455,7 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, req CreateReque
 		return err
 	})
 	if err != nil {
-		return Identity{}, "", err
+		return Identity{}, "", errors.Join(err, destroy(generated))
 	}
 	return identityView(ident, []store.IdentityVersion{row}), string(csr), nil
 }
@@ -435,7 +510,7 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 			return &ConflictError{Code: "no_pending_version", Message: fmt.Sprintf("identity %q has no version waiting for a certificate", req.Name),
 				Hint: "generate a key and CSR first with `trustflow identity rotate " + req.Name + " --generate`"}
 		}
-		key, err := s.openKey(*pending)
+		key, err := s.openKey(ctx, *pending)
 		if err != nil {
 			return err
 		}
@@ -443,9 +518,10 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 			return fieldError("cert", addHint(err, fmt.Sprintf("install the certificate issued for the CSR of version %d", pending.Version)))
 		}
 		p := parsedMaterial{key: key, leaf: leaf, chain: chain}
-		// The pending key stays sealed as it is: only the certificate is new.
+		// The pending key stays sealed (or in its token) as it is: only the
+		// certificate is new.
 		row := s.certRow(ident.ID, pending.Version, StatusStaged, pending.Source, p)
-		row.SealedKey, row.KEKID = pending.SealedKey, pending.KEKID
+		row.SealedKey, row.KEKID, row.KeyRef = pending.SealedKey, pending.KEKID, pending.KeyRef
 		if err := tx.InstallCertificate(ctx, row); err != nil {
 			return err
 		}
@@ -502,12 +578,23 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 	var csr []byte
 	var keyType string
 	var err error
-	if req.Generate != nil {
+	// A key generated in a token is made inside the transaction, where the
+	// version number (and so its label) is known.
+	var generated *hsm.Signer
+	switch {
+	case req.Generate != nil && req.Generate.KeyStore == "":
+		// Decided in the transaction: the identity's newest version says
+		// whether its keys live in a token.
+	case req.Generate != nil && req.Generate.KeyStore != KeyStoreSealed:
+		if _, _, err := tokenKeyStore(*req.Generate, req.Name, nil); err != nil {
+			return RotateResult{}, err
+		}
+	case req.Generate != nil:
 		var key crypto.Signer
 		key, csr, keyType, err = s.generate(*req.Generate)
 		p.key = key
-	} else {
-		p, err = s.parseMaterial(req.Material)
+	default:
+		p, err = s.parseMaterial(ctx, req.Material)
 	}
 	if err != nil {
 		return RotateResult{}, err
@@ -533,7 +620,24 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 			return err
 		}
 		var row store.IdentityVersion
-		if req.Generate != nil {
+		if req.Generate != nil && p.key == nil {
+			u, inToken, err := tokenKeyStore(*req.Generate, req.Name, versions)
+			if err != nil {
+				return err
+			}
+			if inToken {
+				generated, csr, keyType, err = s.generateInToken(ctx, u, next, *req.Generate)
+			} else {
+				p.key, csr, keyType, err = s.generate(*req.Generate)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if generated != nil {
+			row = store.IdentityVersion{IdentityID: ident.ID, Version: next, Status: StatusPending, Source: "generated", KeyType: keyType,
+				SealedKey: []byte{}, KeyRef: generated.URI().KeyRef(), CSRPEM: string(csr), ActivateOnInstall: !req.Stage, CreatedAt: s.now()}
+		} else if req.Generate != nil {
 			sealed, kekID, err := s.sealKey(ident.ID, next, p.key)
 			if err != nil {
 				return err
@@ -573,7 +677,7 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 		return err
 	})
 	if err != nil {
-		return RotateResult{}, err
+		return RotateResult{}, errors.Join(err, destroy(generated))
 	}
 	s.invalidate(req.Name)
 	return out, nil
@@ -741,10 +845,14 @@ func (s *Service) List(ctx context.Context, expiringWithin time.Duration) ([]Ide
 	return out, nil
 }
 
-// openKey unseals a version's private key. A blob that fails
-// authentication is reported (and audited by the caller's transaction
-// failing) as a clear error, never a panic.
-func (s *Service) openKey(v store.IdentityVersion) (crypto.Signer, error) {
+// openKey unseals a version's private key, or for a key kept in a token
+// returns the token's signer (a *TokenKeyError when the token cannot be
+// used). A blob that fails authentication is reported (and audited by the
+// caller's transaction failing) as a clear error, never a panic.
+func (s *Service) openKey(ctx context.Context, v store.IdentityVersion) (crypto.Signer, error) {
+	if v.KeyRef != "" {
+		return s.openTokenKey(ctx, v)
+	}
 	der, err := s.keyring.Load().Open(v.SealedKey, aad(v.IdentityID, v.Version))
 	if err != nil {
 		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: err}

@@ -43,7 +43,7 @@ type identityAudit struct {
 func wantVersion(version int, status, source string, cert *x509.Certificate, chain []*x509.Certificate, created time.Time, activated *time.Time) truststore.Version {
 	info := pki.Info(cert)
 	v := truststore.Version{
-		Version: version, Status: status, Source: source, KeyType: info.KeyType,
+		Version: version, Status: status, Source: source, KeyType: info.KeyType, KeyStore: truststore.KeyStoreSealed,
 		Serial: info.Serial, Subject: info.Subject, Issuer: info.Issuer, FingerprintSHA256: info.FingerprintSHA256,
 		NotBefore: &info.NotBefore, NotAfter: &info.NotAfter, DNSNames: cert.DNSNames,
 		CreatedAt: created, ActivatedAt: activated,
@@ -246,7 +246,7 @@ func TestCreateAndInstall(t *testing.T) {
 		require.Equal(t, "ecdsa-p256", pki.KeyType(csr.PublicKey))
 
 		pending := truststore.Identity{Name: "payments", Description: "Payments", Status: "pending", CreatedAt: t0, UpdatedAt: t0,
-			Versions: []truststore.Version{{Version: 1, Status: "pending", Source: "generated", KeyType: "ecdsa-p256", CSR: csrPEM, CreatedAt: t0}}}
+			Versions: []truststore.Version{{Version: 1, Status: "pending", Source: "generated", KeyType: "ecdsa-p256", KeyStore: truststore.KeyStoreSealed, CSR: csrPEM, CreatedAt: t0}}}
 		require.Equal(t, pending, ident)
 		shown, err := e.svc.Get(ctx, "payments")
 		require.NoError(t, err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -41,6 +42,11 @@ type Config struct {
 	FIPS bool
 	// InUse guards removals. Defaults to "nothing uses anything".
 	InUse InUseFunc
+	// HSM opens the PKCS#11 tokens of identities whose keys live in one
+	// (key_ref). Defaults to a cache the Service makes on first use and
+	// never closes; the composition root passes one and closes it at
+	// shutdown.
+	HSM *hsm.Tokens
 	// RevalidateAfter is how long the handshake path trusts its cached
 	// active identity before re-reading its revision. Changes made through
 	// this Service take effect at once; this bounds the delay for changes
@@ -55,6 +61,8 @@ type Service struct {
 	audit   *audit.Log
 	clock   clock.Clock
 	keyring atomic.Pointer[seal.Keyring]
+
+	hsmOnce sync.Once
 
 	mu      sync.RWMutex
 	active  map[string]*activeEntry
