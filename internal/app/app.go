@@ -45,6 +45,9 @@ type Options struct {
 	Stderr io.Writer
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
+	// Getenv reads environment variables (an env:// KEK). Defaults to
+	// os.Getenv.
+	Getenv func(string) string
 	// KEKRefresh is how often the node re-reads the active key-encryption
 	// key id. Defaults to 2s.
 	KEKRefresh time.Duration
@@ -101,7 +104,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err := ensureDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	source, err := kekSource(cfg)
+	if opts.Getenv == nil {
+		opts.Getenv = os.Getenv
+	}
+	source, err := kekSource(cfg, opts.Getenv)
 	if err != nil {
 		return nil, fmt.Errorf("app: key-encryption key: %w", err)
 	}

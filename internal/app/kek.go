@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/config"
@@ -13,7 +12,7 @@ import (
 )
 
 // kekSource builds the key-encryption key source that --kek names.
-func kekSource(cfg config.Config) (seal.Source, error) {
+func kekSource(cfg config.Config, getenv func(string) string) (seal.Source, error) {
 	src, err := config.ParseKEKURI(cfg.KEK)
 	if err != nil {
 		return nil, err
@@ -22,7 +21,7 @@ func kekSource(cfg config.Config) (seal.Source, error) {
 	case "file":
 		return seal.FileSource{Path: src.Path}, nil
 	case "env":
-		return seal.EnvSource{Name: src.Path, Getenv: os.Getenv}, nil
+		return seal.EnvSource{Name: src.Path, Getenv: getenv}, nil
 	}
 	return nil, errors.New("--kek pkcs11: not wired")
 }

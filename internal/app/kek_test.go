@@ -484,3 +484,62 @@ func TestStartupNamesSealedValuesItCannotOpen(t *testing.T) {
 		})
 	}
 }
+
+// An env:// source cannot make keys: the operator puts the new key in the
+// variable and the old one in NAME_PREVIOUS, and the rotation re-wraps to it.
+func TestKEKRotationWithAnEnvSource(t *testing.T) {
+	t.Parallel()
+	for _, d := range storetest.Dialects(t) {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			cfg := kekConfig(t, d)
+			cfg.KEK = "env://TF_TEST_KEK"
+			env := map[string]string{}
+			start := func() *App {
+				a, err := New(context.Background(), cfg, Options{Stderr: io.Discard, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+					KEKRefresh: 20 * time.Millisecond, Getenv: func(k string) string { return env[k] }})
+				require.NoError(t, err)
+				t.Cleanup(func() { a.Stop() })
+				require.NoError(t, a.Start(context.Background()))
+				return a
+			}
+			first, err := seal.NewKEK()
+			require.NoError(t, err)
+			second, err := seal.NewKEK()
+			require.NoError(t, err)
+			b64 := func(k *seal.KEK) string { s, err := seal.EncodeKEK(k); require.NoError(t, err); return s }
+
+			_, err = New(context.Background(), cfg, Options{Stderr: io.Discard, Getenv: func(k string) string { return env[k] }})
+			require.ErrorIs(t, err, seal.ErrReadOnlySource, "an unset variable is never filled in by trustflow")
+
+			env["TF_TEST_KEK"] = b64(first)
+			a := start()
+			leaf := importIdentity(t, a, "payments")
+			_, statErr := os.Stat(cfg.KEKFile)
+			require.ErrorIs(t, statErr, fs.ErrNotExist, "no key file is written for an env:// source")
+
+			resp, body := postRotate(t, a, "")
+			require.Equal(t, http.StatusConflict, resp.StatusCode, "%s", body)
+			require.Contains(t, string(body), `"code": "kek_source_read_only"`)
+			require.Contains(t, string(body), "TF_TEST_KEK_PREVIOUS")
+			require.NoError(t, a.Stop())
+
+			env["TF_TEST_KEK"], env["TF_TEST_KEK_PREVIOUS"] = b64(second), b64(first)
+			b := start()
+			b.AdminToken = a.AdminToken // printed at the first start only
+			requireActiveOpens(t, b, "payments", leaf)
+			resp, body = postRotate(t, b, "")
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			var res custody.Result
+			require.NoError(t, json.Unmarshal(body, &res))
+			require.Equal(t, custody.Result{FromKEKs: []string{first.ID()}, ToKEK: second.ID(), Keys: 1, Total: 1, Verified: 1,
+				Columns: map[string]int{"identity key": 1}}, res)
+			require.NoError(t, b.Stop())
+
+			delete(env, "TF_TEST_KEK_PREVIOUS")
+			c := start()
+			requireActiveOpens(t, c, "payments", leaf)
+			require.Equal(t, []string{second.ID()}, c.Trust.Keyring().IDs())
+		})
+	}
+}

@@ -87,10 +87,8 @@ func (s FileSource) Commit(ctx context.Context, id string) error {
 			return fmt.Errorf("seal: commit kek: replace %s: %w", s.Path, err)
 		}
 	case cur.ID() == id:
-		if nextErr == nil || !errors.Is(nextErr, fs.ErrNotExist) {
-			if err := os.Remove(s.NextPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("seal: commit kek: remove %s: %w", s.NextPath(), err)
-			}
+		if err := os.Remove(s.NextPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("seal: commit kek: remove %s: %w", s.NextPath(), err)
 		}
 	default:
 		return fmt.Errorf("seal: commit kek %s: %s holds neither it nor a staged key with that id", id, s)
