@@ -157,4 +157,3 @@ func TestSealedKeyIsBoundToItsRow(t *testing.T) {
 		}
 	})
 }
-
