@@ -86,13 +86,17 @@ func componentSchemas() map[string]any {
 	b64 := map[string]any{"type": "string", "format": "byte", "description": "file contents, base64"}
 	material := map[string]any{
 		"cert": b64, "key": b64, "key_password": str, "chain": b64, "pkcs12": b64, "pkcs12_password": str, "allow_expired": boolean,
+		"key_ref": map[string]any{"type": "string", "description": "instead of key: the pkcs11: URI of the certificate's key in a PKCS#11 token (pin-source, never pin-value)"},
 	}
 	generate := obj([]string{"subject"}, map[string]any{"subject": map[string]any{"type": "string", "description": "e.g. CN=svc,O=Agency"},
-		"dns_names": arrayOf(str), "key_type": enum("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")})
+		"dns_names": arrayOf(str), "key_type": enum("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"),
+		"key_store": map[string]any{"type": "string", "description": "where the key is generated: sealed (default) or a pkcs11: URI naming a token (ecdsa-p256, ecdsa-p384 or rsa-3072 there)"}})
 	version := obj([]string{"version", "status", "key_type"}, map[string]any{
 		"version": integer, "status": enum("pending", "staged", "active", "retired"), "source": enum("imported", "generated"),
 		"key_type": str, "serial": str, "subject": str, "issuer": str, "fingerprint_sha256": str, "not_before": dateTime, "not_after": dateTime,
 		"dns_names": arrayOf(str), "chain": arrayOf(schemaRef("CertInfo")), "csr": str, "created_at": dateTime, "activated_at": dateTime,
+		"key_store": enum("sealed", "pkcs11"),
+		"key_ref":   obj([]string{"uri", "token", "label"}, map[string]any{"uri": str, "token": str, "label": str, "id": str}),
 	})
 	authSettings := obj(nil, map[string]any{"username": str, "header_name": str, "token_url": str, "client_id": str, "scopes": arrayOf(str), "token_auth_tls": boolean})
 	diagnosis := obj([]string{"code", "message"}, map[string]any{"code": str, "message": str, "hint": str})

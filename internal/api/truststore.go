@@ -12,6 +12,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/custody"
+	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -49,10 +50,12 @@ type MaterialRequest struct {
 	PKCS12         []byte `json:"pkcs12,omitempty"`
 	PKCS12Password string `json:"pkcs12_password,omitempty"`
 	AllowExpired   bool   `json:"allow_expired,omitempty"`
+	// KeyRef names the certificate's key in a PKCS#11 token, instead of Key.
+	KeyRef string `json:"key_ref,omitempty"`
 }
 
 func (m MaterialRequest) material() truststore.Material {
-	return truststore.Material{Cert: m.Cert, Key: m.Key, KeyPassword: []byte(m.KeyPassword), Chain: m.Chain,
+	return truststore.Material{Cert: m.Cert, Key: m.Key, KeyRef: m.KeyRef, KeyPassword: []byte(m.KeyPassword), Chain: m.Chain,
 		PKCS12: m.PKCS12, PKCS12Password: m.PKCS12Password, AllowExpired: m.AllowExpired}
 }
 
@@ -68,6 +71,9 @@ type GenerateRequest struct {
 	Subject  string   `json:"subject"`
 	DNSNames []string `json:"dns_names,omitempty"`
 	KeyType  string   `json:"key_type,omitempty"`
+	// KeyStore is "sealed" (the default) or a pkcs11: URI: the key is then
+	// generated, and stays, in that token.
+	KeyStore string `json:"key_store,omitempty"`
 }
 
 // CreateIdentityRequest is the body of POST /api/v1/identities.
@@ -161,6 +167,7 @@ func trustError(err error) error {
 	var conflict *truststore.ConflictError
 	var nf *truststore.NotFoundError
 	var ku *truststore.KeyUnavailableError
+	var he *hsm.Error
 	switch {
 	case errors.As(err, &in):
 		return &Error{Status: http.StatusBadRequest, Code: in.Code, Message: in.Field + ": " + in.Message, Hint: in.Hint, Cause: err}
@@ -173,6 +180,13 @@ func trustError(err error) error {
 		return &Error{Status: http.StatusInternalServerError, Code: "key_unavailable",
 			Message: "the identity's private key cannot be unsealed: the stored key was altered, or this server has a different key-encryption key",
 			Hint:    "check that --kek is the key this database was sealed with; restore the identity from a backup or rotate in a new one", Cause: err}
+	case errors.As(err, &he):
+		// The token's diagnosis names the token and the fix, never a PIN.
+		status := http.StatusServiceUnavailable
+		if he.Code == hsm.CodeKeyExists {
+			status = http.StatusConflict
+		}
+		return &Error{Status: status, Code: he.Code, Message: fmt.Sprintf("PKCS#11 token %q: %s", he.Token, he.Message), Hint: he.Hint, Cause: err}
 	}
 	return err
 }
@@ -275,7 +289,7 @@ func (s *Server) createIdentity(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	id, csr, err := s.cfg.Trust.Create(r.Context(), actor(r), truststore.CreateRequest{Name: req.Name, Description: req.Description,
-		GenerateSpec: truststore.GenerateSpec{Subject: req.Subject, DNSNames: req.DNSNames, KeyType: req.KeyType}})
+		GenerateSpec: truststore.GenerateSpec{Subject: req.Subject, DNSNames: req.DNSNames, KeyType: req.KeyType, KeyStore: req.KeyStore}})
 	if err != nil {
 		return trustError(err)
 	}
@@ -340,7 +354,7 @@ func (s *Server) rotateIdentity(w http.ResponseWriter, r *http.Request) error {
 		if len(req.Cert) > 0 || len(req.Key) > 0 || len(req.PKCS12) > 0 {
 			return invalidField("generate", "cannot be combined with cert, key or pkcs12", "either generate a key (and install its certificate later) or import material")
 		}
-		tr.Generate = &truststore.GenerateSpec{Subject: req.Generate.Subject, DNSNames: req.Generate.DNSNames, KeyType: req.Generate.KeyType}
+		tr.Generate = &truststore.GenerateSpec{Subject: req.Generate.Subject, DNSNames: req.Generate.DNSNames, KeyType: req.Generate.KeyType, KeyStore: req.Generate.KeyStore}
 	}
 	res, err := s.cfg.Trust.Rotate(r.Context(), actor(r), tr)
 	if err != nil {

@@ -21,13 +21,13 @@ func newIdentityCmd(g *globals) *cobra.Command {
 
 func newIdentityImportCmd(g *globals) *cobra.Command {
 	var m materialFlags
-	var description string
+	var description, keyRef string
 	cmd := &cobra.Command{
-		Use:   "import NAME (--cert FILE --key FILE | --pkcs12 FILE)",
-		Short: "Import an identity from a certificate and key, or a PKCS#12 file; it is active at once",
+		Use:   "import NAME (--cert FILE --key FILE | --pkcs12 FILE | --cert FILE --key-ref 'pkcs11:...')",
+		Short: "Import an identity from a certificate and key, a PKCS#12 file, or a certificate whose key is in a PKCS#11 token; it is active at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			mat, err := m.read()
+			mat, err := readMaterial(&m, keyRef)
 			if err != nil {
 				return err
 			}
@@ -48,12 +48,40 @@ func newIdentityImportCmd(g *globals) *cobra.Command {
 	}
 	m.register(cmd)
 	cmd.Flags().StringVar(&description, "description", "", "what the identity is for")
+	cmd.Flags().StringVar(&keyRef, "key-ref", "", "instead of --key: the certificate's key in a PKCS#11 token, as pkcs11:token=T;object=LABEL?module-path=/path/module.so&pin-source=file:/path/pin")
 	return cmd
 }
 
+// readMaterial reads the material flags, or with keyRef the certificate
+// (and chain) of a key that stays in a PKCS#11 token.
+func readMaterial(m *materialFlags, keyRef string) (apiclient.Material, error) {
+	if keyRef == "" {
+		return m.read()
+	}
+	switch {
+	case m.key != "" || m.pkcs12 != "":
+		return apiclient.Material{}, flagError("--key-ref", "cannot be combined with --key or --pkcs12", "the key is in the token: give only --cert FILE and --key-ref")
+	case m.cert == "":
+		return apiclient.Material{}, flagError("--cert", "required with --key-ref", "give the certificate of the token's key with --cert FILE")
+	}
+	out := apiclient.Material{KeyRef: keyRef, AllowExpired: m.allowExpired}
+	var err error
+	if out.Cert, err = readInputFile("--cert", m.cert); err != nil {
+		return out, err
+	}
+	if out.Chain, err = readOptionalFile("--chain", m.chain); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// keyStoreHelp describes --key-store.
+const keyStoreHelp = "where the key is generated: sealed (inside trustflow, the default) or a PKCS#11 token, as " +
+	"'pkcs11:token=T;object=LABEL?module-path=/path/module.so&pin-source=file:/path/pin' (key types there: ecdsa-p256, ecdsa-p384, rsa-3072)"
+
 func newIdentityCreateCmd(g *globals) *cobra.Command {
 	var gen generateFlags
-	var description string
+	var description, keyStore string
 	cmd := &cobra.Command{
 		Use:   `create NAME --subject "CN=...,O=..."`,
 		Short: "Create an identity whose key is generated (and kept) by trustflow; prints the CSR to have signed",
@@ -71,7 +99,9 @@ func newIdentityCreateCmd(g *globals) *cobra.Command {
 				out.discard()
 				return err
 			}
-			created, err := c.CreateIdentity(contextOf(cmd), apiclient.CreateIdentityRequest{Name: args[0], Description: description, GenerateRequest: gen.request()})
+			gr := gen.request()
+			gr.KeyStore = keyStore
+			created, err := c.CreateIdentity(contextOf(cmd), apiclient.CreateIdentityRequest{Name: args[0], Description: description, GenerateRequest: gr})
 			if err != nil {
 				out.discard()
 				return err
@@ -86,6 +116,7 @@ func newIdentityCreateCmd(g *globals) *cobra.Command {
 	}
 	gen.register(cmd)
 	cmd.Flags().StringVar(&description, "description", "", "what the identity is for")
+	cmd.Flags().StringVar(&keyStore, "key-store", "", keyStoreHelp)
 	return cmd
 }
 
@@ -158,6 +189,7 @@ func newIdentityRotateCmd(g *globals) *cobra.Command {
 	var m materialFlags
 	var gen generateFlags
 	var generate, stage bool
+	var keyStore, keyRef string
 	cmd := &cobra.Command{
 		Use:   "rotate NAME (--cert FILE --key FILE | --pkcs12 FILE | --generate --subject DN)",
 		Short: "Add a version to an identity: imported, or generated with a CSR; active at once unless --stage",
@@ -175,7 +207,11 @@ func newIdentityRotateCmd(g *globals) *cobra.Command {
 				if strings.TrimSpace(gen.subject) == "" {
 					return flagError("--subject", "required with --generate", `give the certificate's subject, e.g. --subject "CN=trustflow-prod,O=Example Agency"`)
 				}
+				if keyRef != "" {
+					return flagError("--generate and --key-ref", "cannot be combined", "--key-ref imports a certificate for a key already in a token; to generate one there use --generate --key-store")
+				}
 				gr := gen.request()
+				gr.KeyStore = keyStore
 				req.Generate = &gr
 				var err error
 				if out, err = createCSRFile(gen.csrOut); err != nil {
@@ -185,7 +221,10 @@ func newIdentityRotateCmd(g *globals) *cobra.Command {
 				if given := gen.given(); len(given) > 0 {
 					return flagError(given[0], "only applies with --generate", "add --generate to have trustflow generate the new key, or drop "+given[0])
 				}
-				mat, err := m.read()
+				if keyStore != "" {
+					return flagError("--key-store", "only applies with --generate", "add --generate to generate the new key in that key store")
+				}
+				mat, err := readMaterial(&m, keyRef)
 				if err != nil {
 					return err
 				}
@@ -226,6 +265,8 @@ func newIdentityRotateCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&generate, "generate", false, "generate the new key inside trustflow and print its CSR (with --subject, --dns, --key-type, --csr-out)")
 	f.BoolVar(&stage, "stage", false, "keep the new version inactive until it is activated (trustflow identity activate)")
+	f.StringVar(&keyStore, "key-store", "", keyStoreHelp+"; defaults to the newest version's, so an identity whose key is in a token rotates in that token (label LABEL-vN)")
+	f.StringVar(&keyRef, "key-ref", "", "instead of --key: the new certificate's key in a PKCS#11 token (pkcs11: URI)")
 	return cmd
 }
 
@@ -407,6 +448,17 @@ func identityTable(w io.Writer, id apiclient.Identity) {
 			mark = "* "
 		}
 		row(w, mark+strconv.Itoa(v.Version), v.Status, orDash(v.Serial), orDash(v.Subject), orDash(v.Issuer), orDash(v.FingerprintSHA256), fmtTime(v.NotAfter), v.KeyType)
+	}
+	first := true
+	for _, v := range id.Versions {
+		if v.KeyRef == nil {
+			continue
+		}
+		if first {
+			fmt.Fprintln(w)
+			first = false
+		}
+		fmt.Fprintf(w, "version %d: key in PKCS#11 token %q, label %q (%s)\n", v.Version, v.KeyRef.Token, v.KeyRef.Label, v.KeyRef.URI)
 	}
 }
 

@@ -213,7 +213,7 @@ func TestIdentityCreateAndInstallCert(t *testing.T) {
 	require.Equal(t, 0, id.ActiveVersion)
 	require.Len(t, id.Versions, 1)
 	v := id.Versions[0]
-	require.Equal(t, truststore.Version{Version: 1, Status: truststore.StatusPending, Source: "generated", KeyType: "ecdsa-p384", CSR: csrText, CreatedAt: v.CreatedAt}, v)
+	require.Equal(t, truststore.Version{Version: 1, Status: truststore.StatusPending, Source: "generated", KeyType: "ecdsa-p384", KeyStore: truststore.KeyStoreSealed, CSR: csrText, CreatedAt: v.CreatedAt}, v)
 
 	// The CA signs the CSR; the certificate goes in and becomes active.
 	signed := f.sign(csrPath, "client.ext")
