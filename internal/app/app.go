@@ -28,6 +28,7 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -77,6 +78,7 @@ type App struct {
 	stopped  bool
 
 	engineStarted bool
+	tokens        *hsm.Tokens
 }
 
 // FIPSHint says how to get a binary whose FIPS 140-3 module is enabled.
@@ -107,7 +109,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if opts.Getenv == nil {
 		opts.Getenv = os.Getenv
 	}
-	source, err := kekSource(cfg, opts.Getenv)
+	// One cache of PKCS#11 sessions for the KEK and identity keys alike: a
+	// module is initialised once per process.
+	tokens := hsm.NewTokens()
+	source, err := kekSource(cfg, opts.Getenv, tokens)
 	if err != nil {
 		return nil, fmt.Errorf("app: key-encryption key: %w", err)
 	}
@@ -119,7 +124,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: open database: %w", err)
 	}
-	a := &App{cfg: cfg, log: opts.Logger, Store: st}
+	a := &App{cfg: cfg, log: opts.Logger, Store: st, tokens: tokens}
 	a.Audit = audit.New(st, opts.Clock)
 	a.Auth = auth.NewService(st, a.Audit, opts.Clock)
 	// The keyring is settled before anything can seal: the node refuses
@@ -139,7 +144,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if a.Keys.Created {
 		opts.Logger.Info("created key-encryption key", "source", source.String(), "kek_id", a.Keys.ActiveID())
 	}
-	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: a.Keys.Keyring(), Clock: opts.Clock, FIPS: cfg.FIPS})
+	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: a.Keys.Keyring(), Clock: opts.Clock, FIPS: cfg.FIPS, HSM: tokens})
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -305,6 +310,9 @@ func (a *App) Stop() error {
 	}
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("app: close database: %w", err))
+	}
+	if err := a.tokens.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("app: close PKCS#11 sessions: %w", err))
 	}
 	return errors.Join(errs...)
 }

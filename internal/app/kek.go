@@ -2,17 +2,17 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/config"
 	"github.com/trustflow/trustflow/internal/custody"
+	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/seal"
 )
 
 // kekSource builds the key-encryption key source that --kek names.
-func kekSource(cfg config.Config, getenv func(string) string) (seal.Source, error) {
+func kekSource(cfg config.Config, getenv func(string) string, tokens *hsm.Tokens) (seal.Source, error) {
 	src, err := config.ParseKEKURI(cfg.KEK)
 	if err != nil {
 		return nil, err
@@ -23,7 +23,11 @@ func kekSource(cfg config.Config, getenv func(string) string) (seal.Source, erro
 	case "env":
 		return seal.EnvSource{Name: src.Path, Getenv: getenv}, nil
 	}
-	return nil, errors.New("--kek pkcs11: not wired")
+	u, err := hsm.ParseURI(src.Path)
+	if err != nil {
+		return nil, fmt.Errorf("--kek: %w", err)
+	}
+	return hsm.KEKSource{Tokens: tokens, URI: u}, nil
 }
 
 // rotateKEK is the API's `kek rotate`.

@@ -13,7 +13,7 @@ import (
 )
 
 func newQuickstartCmd(g *globals) *cobra.Command {
-	var listen string
+	var listen, kek, keyStore string
 	var exit bool
 	cmd := &cobra.Command{
 		Use:   "quickstart",
@@ -27,8 +27,8 @@ func newQuickstartCmd(g *globals) *cobra.Command {
 				out = io.Discard
 			}
 			res, err := quickstart.Run(ctx, quickstart.Options{
-				Config: config.Config{DataDir: g.dataDir, Listen: listen},
-				Build:  api.BuildInfo(g.build), Stdout: out, Stderr: g.stderr, Exit: exit,
+				Config: config.Config{DataDir: g.dataDir, Listen: listen, KEK: kek},
+				Build:  api.BuildInfo(g.build), Stdout: out, Stderr: g.stderr, Exit: exit, KeyStore: keyStore,
 			})
 			if err != nil {
 				return err
@@ -41,5 +41,7 @@ func newQuickstartCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&listen, "listen", config.DefaultListen, "address of the embedded server")
 	cmd.Flags().BoolVar(&exit, "exit", false, "exit after printing the result (for scripts and tests)")
+	cmd.Flags().StringVar(&kek, "kek", g.getenv(config.EnvKEK), "where the key-encryption key lives: file://PATH, env://NAME or a pkcs11: URI (default file://DATA_DIR/kek)")
+	cmd.Flags().StringVar(&keyStore, "key-store", "", "generate the demo identity's key in this PKCS#11 token (pkcs11:token=T;object=O?module-path=...&pin-source=file:PATH) instead of sealing it")
 	return cmd
 }

@@ -79,6 +79,9 @@ type Options struct {
 	Stderr io.Writer
 	// Exit returns once the demo is done instead of serving until ctx ends.
 	Exit bool
+	// KeyStore, when a pkcs11: URI, generates the demo identity's key in
+	// that token instead of sealing it. Defaults to sealed.
+	KeyStore string
 }
 
 // Result is what the quickstart did, for scripts (-o json).
@@ -151,7 +154,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	}
 	say("3. Added the demo CA to the trust store as %q.", CAName)
 
-	ident, err := ensureIdentity(ctx, c, ca, now)
+	ident, err := ensureIdentity(ctx, c, ca, now, opts.KeyStore)
 	if err != nil {
 		return res, err
 	}
@@ -265,8 +268,8 @@ func ensureCA(ctx context.Context, c *apiclient.Client, ca *demoCA) error {
 // ensureIdentity creates the identity (or rotates it, on a second run) with
 // a key generated inside trustflow, and installs the certificate the demo
 // CA issues for its CSR.
-func ensureIdentity(ctx context.Context, c *apiclient.Client, ca *demoCA, now time.Time) (apiclient.Identity, error) {
-	gen := apiclient.GenerateRequest{Subject: "CN=trustflow-quickstart,O=trustflow quickstart", KeyType: "ecdsa-p256"}
+func ensureIdentity(ctx context.Context, c *apiclient.Client, ca *demoCA, now time.Time, keyStore string) (apiclient.Identity, error) {
+	gen := apiclient.GenerateRequest{Subject: "CN=trustflow-quickstart,O=trustflow quickstart", KeyType: "ecdsa-p256", KeyStore: keyStore}
 	var csr string
 	created, err := c.CreateIdentity(ctx, apiclient.CreateIdentityRequest{Name: IdentityName, Description: "trustflow quickstart client identity", GenerateRequest: gen})
 	switch {
