@@ -1,6 +1,9 @@
-// Package seal owns trustflow's encryption of secrets at rest: the private keys
-// of client identities and connector secrets are stored in the database only as
-// sealed blobs, and the key that opens them never enters the database.
+// Package seal owns trustflow's encryption of secrets at rest: identities'
+// private keys, connector secrets, webhook secrets, run inputs and sealed step
+// states are stored in the database only as sealed blobs, and the key that
+// opens them never enters the database. Where that key lives is a [Source]:
+// a file ([FileSource]), an environment variable ([EnvSource]), or a PKCS#11
+// token (package hsm, through [NewExternalKEK]).
 //
 // # Envelope encryption
 //

@@ -119,7 +119,10 @@ func (r *Keyring) Seal(plaintext, aad []byte) ([]byte, error) {
 	header := newHeader(r.current)
 	blob := make([]byte, 0, Overhead+len(plaintext))
 	blob = append(blob, header[:]...)
-	blob = r.current.aead.Seal(blob, nil, dek[:], header[:])
+	blob, err = wrapDEK(r.current, blob, dek[:], header[:])
+	if err != nil {
+		return nil, fmt.Errorf("seal: seal: %w", err)
+	}
 	blob = payloadAEAD.Seal(blob, nil, plaintext, payloadAAD(aad))
 	return blob, nil
 }
@@ -176,9 +179,30 @@ func (r *Keyring) Rewrap(blob []byte, to *KEK) ([]byte, error) {
 	header := newHeader(to)
 	out := make([]byte, 0, len(blob))
 	out = append(out, header[:]...)
-	out = to.aead.Seal(out, nil, dek[:], header[:])
+	out, err = wrapDEK(to, out, dek[:], header[:])
+	if err != nil {
+		return nil, fmt.Errorf("seal: rewrap: %w", err)
+	}
 	out = append(out, b.payload...)
 	return out, nil
+}
+
+// wrapDEK appends dek wrapped by k to dst. cipher.AEAD.Seal cannot return
+// an error, so a device-held KEK whose token fails (removed, logged out)
+// panics inside it; that panic becomes an error here, never a crash.
+func wrapDEK(k *KEK, dst, dek, header []byte) (out []byte, err error) {
+	if k.external {
+		defer func() {
+			if p := recover(); p != nil {
+				if perr, ok := p.(error); ok {
+					err = fmt.Errorf("key-encryption key %s in its device: %w", k.ID(), perr)
+				} else {
+					err = fmt.Errorf("key-encryption key %s in its device: %v", k.ID(), p)
+				}
+			}
+		}()
+	}
+	return k.aead.Seal(dst, nil, dek, header), nil
 }
 
 // KEKID returns the id of the KEK that wrapped blob, without any key. It fails

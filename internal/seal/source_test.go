@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -168,6 +169,22 @@ func TestExternalKEK(t *testing.T) {
 	plain, err := seal.NewKeyring(ext).Open(moved, []byte("aad"))
 	require.NoError(t, err)
 	require.Equal(t, "secret", string(plain))
+
+	// A device that fails while wrapping gives an error, not a crash.
+	broken, err := seal.NewExternalKEK("00112233445566ee", failingAEAD{dev})
+	require.NoError(t, err)
+	_, err = seal.NewKeyring(broken).Seal([]byte("secret"), nil)
+	require.ErrorContains(t, err, "seal: seal: key-encryption key 00112233445566ee in its device: token removed")
+	_, err = seal.NewKeyring(soft).Rewrap(blob, broken)
+	require.ErrorContains(t, err, "seal: rewrap: key-encryption key 00112233445566ee in its device: token removed")
+}
+
+// failingAEAD panics in Seal as a device-backed cipher does when its token
+// fails.
+type failingAEAD struct{ cipher.AEAD }
+
+func (failingAEAD) Seal(dst, nonce, plaintext, aad []byte) []byte {
+	panic(errors.New("token removed"))
 }
 
 // newDeviceAEAD returns AES-256-GCM with nonces generated inside the
