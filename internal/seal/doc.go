@@ -9,8 +9,8 @@
 //
 // [Keyring.Seal] encrypts each record with AES-256-GCM under a fresh random
 // 256-bit data key (DEK). The DEK is itself encrypted ("wrapped") with
-// AES-256-GCM under a key-encryption key ([KEK]) that lives in a file in the
-// data dir ([LoadOrCreateKEKFile]). The caller's additional authenticated data,
+// AES-256-GCM under a key-encryption key ([KEK]) from a [Source]; a KEK held
+// by a device ([NewExternalKEK]) wraps inside the device. The caller's additional authenticated data,
 // normally the record id, is bound to the payload, so a blob copied to another
 // row does not open there. The byte layout is described at [Overhead].
 //
@@ -42,6 +42,8 @@
 //  3. Rewrap every stored blob whose [KEKID] is not the new id, in small
 //     batches, each row updated only if it still holds the blob that was read.
 //  4. When no stored blob names the old KEK, drop it: NewKeyring(new).
+//
+// Package custody runs these steps across every sealed column and node.
 //
 // A [Keyring] is immutable and safe for concurrent use; switching keyrings at
 // run time is done by the owner swapping its pointer.
