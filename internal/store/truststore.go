@@ -404,7 +404,7 @@ type SealedKey struct {
 }
 
 // SealedKeys returns every sealed key inside the transaction; versions
-// whose key lives in a token (kek_id '') have none.
+// whose key lives in a token (kek_id ”) have none.
 func (t *Tx) SealedKeys(ctx context.Context) ([]SealedKey, error) {
 	rows, err := t.tx.QueryContext(ctx, "SELECT identity_id, version, sealed_key, kek_id FROM identity_versions WHERE kek_id <> '' ORDER BY identity_id, version")
 	if err != nil {
