@@ -176,11 +176,11 @@ func TestTokenAndAuditCommands(t *testing.T) {
 			for sc.Scan() {
 				exported = append(exported, e2eStrict[apiclient.AuditRecord](t, sc.Text()).Seq)
 			}
-			require.Equal(t, []int64{1, 2, 5}, exported)
+			require.Equal(t, []int64{2, 3, 6}, exported)
 
 			v := e2eStrict[apiclient.AuditVerification](t, s.ok(t, "audit", "verify", "-o", "json"))
-			require.Equal(t, apiclient.AuditVerification{OK: true, Records: 5, HeadSeq: 5, HeadHash: page.Records[0].Hash}, v)
-			require.Equal(t, "audit chain intact: 5 records, head 5 "+page.Records[0].Hash+"\n", s.ok(t, "audit", "verify"))
+			require.Equal(t, apiclient.AuditVerification{OK: true, Records: 6, HeadSeq: 6, HeadHash: page.Records[0].Hash}, v)
+			require.Equal(t, "audit chain intact: 6 records, head 6 "+page.Records[0].Hash+"\n", s.ok(t, "audit", "verify"))
 
 			// Tampering with a record makes verify fail and name the record.
 			_, err = s.app.Store.DB().Exec("UPDATE audit_records SET actor_name = 'mallory' WHERE seq = 2")
