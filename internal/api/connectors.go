@@ -61,20 +61,9 @@ func (s *Server) connectorRoutes() []Route {
 	}
 }
 
-func connectorError(err error) error {
-	var in *connector.InputError
-	var conflict *connector.ConflictError
-	var nf *connector.NotFoundError
-	switch {
-	case errors.As(err, &in):
-		return &Error{Status: http.StatusBadRequest, Code: in.Code, Message: in.Field + ": " + in.Message, Hint: in.Hint, Cause: err}
-	case errors.As(err, &conflict):
-		return &Error{Status: http.StatusConflict, Code: conflict.Code, Message: conflict.Message, Hint: conflict.Hint, Cause: err}
-	case errors.As(err, &nf):
-		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: "connector \"" + nf.Name + "\" does not exist", Hint: "see `trustflow connector list`", Cause: err}
-	}
-	return trustError(err)
-}
+// connectorError returns the connector service's error: every one the
+// caller can act on is already an *errs.Error.
+func connectorError(err error) error { return err }
 
 func (s *Server) createConnector(w http.ResponseWriter, r *http.Request) error {
 	var sp connector.Spec

@@ -8,6 +8,8 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // decodeJSON reads exactly one JSON object from the request body into v,
@@ -15,8 +17,7 @@ import (
 // names the field.
 func decodeJSON(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		return &Error{Status: http.StatusUnsupportedMediaType, Code: "unsupported_media_type",
-			Message: fmt.Sprintf("Content-Type %q is not accepted here", ct), Hint: "send the body as application/json"}
+		return &errs.Error{Kind: errs.Invalid, Code: codeUnsupportedMediaType, Message: fmt.Sprintf("Content-Type %q is not accepted here", ct), Hint: "send the body as application/json"}
 	}
 	return decodeJSONBody(r.Body, v)
 }

@@ -28,9 +28,9 @@ func FuzzDecodeJSON(f *testing.F) {
 		if err == nil {
 			return
 		}
-		e := api.PublicError(err)
-		if e.Status < 400 || e.Status > 499 {
-			t.Fatalf("body %q: error %v maps to status %d, want 4xx", body, err, e.Status)
+		e, status := api.PublicError(err)
+		if status < 400 || status > 499 {
+			t.Fatalf("body %q: error %v maps to status %d, want 4xx", body, err, status)
 		}
 		if e.Code == "" || e.Message == "" || e.Hint == "" {
 			t.Fatalf("body %q: error %v maps to an incomplete public error %+v", body, err, e)

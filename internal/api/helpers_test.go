@@ -178,10 +178,13 @@ type errorBody struct {
 }
 
 type errorDetail struct {
-	Code      string `json:"code"`
-	Message   string `json:"message"`
-	Hint      string `json:"hint"`
-	RequestID string `json:"request_id"`
+	Code      string           `json:"code"`
+	Message   string           `json:"message"`
+	Hint      string           `json:"hint"`
+	Field     string           `json:"field"`
+	RequestID string           `json:"request_id"`
+	Problems  []map[string]any `json:"problems"`
+	UsedBy    []string         `json:"used_by"`
 }
 
 // decodeStrict decodes exactly one JSON value of type T, refusing unknown

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -51,13 +50,9 @@ func (s *Server) probe(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func probeError(err error) error {
-	var in *probe.InputError
-	if errors.As(err, &in) {
-		return &Error{Status: http.StatusBadRequest, Code: in.Code, Message: in.Field + ": " + in.Message, Hint: in.Hint, Cause: err}
-	}
-	return trustError(err)
-}
+// probeError returns the probe's error: every one the caller can act on is
+// already an *errs.Error.
+func probeError(err error) error { return err }
 
 // probeSchemas are the component schemas of the probe route; the OpenAPI
 // document merges them into its own.

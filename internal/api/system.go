@@ -5,6 +5,8 @@ import (
 	"crypto/fips140"
 	"net/http"
 	"time"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // System is GET /api/v1/system.
@@ -44,12 +46,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	if err := s.cfg.Store.Ping(ctx); err != nil {
-		return &Error{Status: http.StatusServiceUnavailable, Code: "not_ready", Message: "the database does not answer", Hint: "check the database server and --db", Cause: err}
+		return &errs.Error{Kind: errs.Unavailable, Code: "not_ready", Message: "the database does not answer", Hint: "check the database server and --db", Err: err}
 	}
 	if s.cfg.KeysReady != nil {
 		if err := s.cfg.KeysReady(); err != nil {
-			return &Error{Status: http.StatusServiceUnavailable, Code: "kek_unavailable", Message: err.Error(),
-				Hint: "copy the active key-encryption key to this node's --kek source; it resumes by itself within seconds", Cause: err}
+			return &errs.Error{Kind: errs.Unavailable, Code: "kek_unavailable", Message: err.Error(), Hint: "copy the active key-encryption key to this node's --kek source; it resumes by itself within seconds", Err: err}
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -5,6 +5,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // CreatedToken is the answer to POST /api/v1/tokens: the token's public view
@@ -71,7 +72,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
 		case http.StatusNotFound:
 			return notFound("token " + id)
 		case http.StatusConflict:
-			return &Error{Status: http.StatusConflict, Code: "already_revoked", Message: "token " + id + " is already revoked", Hint: "nothing to do", Cause: err}
+			return &errs.Error{Kind: errs.Conflict, Code: "already_revoked", Message: "token " + id + " is already revoked", Hint: "nothing to do", Err: err}
 		}
 		return err
 	}

@@ -18,13 +18,17 @@ import (
 
 // Error is an error answered by the server.
 type Error struct {
-	Status    int    `json:"-"`
-	Code      string `json:"code"`
-	Message   string `json:"message"`
-	Hint      string `json:"hint,omitempty"`
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+	// Field names the request field at fault, when one is.
+	Field     string `json:"field,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
 	// Problems lists each problem of a flow document or run input.
 	Problems []Problem `json:"problems,omitempty"`
+	// UsedBy names what still uses a resource that could not be removed.
+	UsedBy []string `json:"used_by,omitempty"`
 }
 
 func (e *Error) Error() string {

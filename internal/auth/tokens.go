@@ -14,6 +14,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 )
 
@@ -28,22 +29,13 @@ const secretBytes = 32
 var (
 	// ErrUnauthenticated means no valid token: missing, malformed, unknown,
 	// revoked or expired. Callers must not say which.
-	ErrUnauthenticated = errors.New("auth: unauthenticated")
-	// ErrInvalid means a request to create a token was malformed.
-	ErrInvalid = errors.New("auth: invalid")
+	ErrUnauthenticated error = &errs.Error{Kind: errs.Unauthenticated, Code: "unauthenticated", Op: "auth",
+		Message: "a valid API token is required",
+		Hint:    "send Authorization: Bearer <token>; create one with `trustflow token create`, or use the admin token printed at first start"}
+	// ErrInvalid means a request to create a token was malformed; every
+	// such error is an errs.Invalid error naming the field, and matches it.
+	ErrInvalid error = &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Op: "auth", Message: "the token request is invalid"}
 )
-
-// InvalidError names the field of a bad request and how to fix it.
-type InvalidError struct {
-	Field string
-	Msg   string
-	Hint  string
-}
-
-func (e *InvalidError) Error() string { return "auth: " + e.Field + ": " + e.Msg }
-
-// Unwrap makes errors.Is(err, ErrInvalid) hold.
-func (e *InvalidError) Unwrap() error { return ErrInvalid }
 
 // ParseToken checks a presented token's form and returns the hash under
 // which it is stored. It does not touch the database.
@@ -167,20 +159,20 @@ const MaxNameLen = 128
 func (r CreateRequest) validate() (Role, time.Duration, error) {
 	name := strings.TrimSpace(r.Name)
 	if name == "" {
-		return "", 0, &InvalidError{Field: "name", Msg: "is required", Hint: "name the token after who or what uses it, e.g. --name ci-deploy"}
+		return "", 0, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "name", Message: "is required", Hint: "name the token after who or what uses it, e.g. --name ci-deploy", Op: "auth"}
 	}
 	if !utf8.ValidString(name) || len(name) > MaxNameLen || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", 0, &InvalidError{Field: "name", Msg: fmt.Sprintf("must be printable text of at most %d bytes", MaxNameLen), Hint: "use letters, digits, spaces, '-' or '_'"}
+		return "", 0, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "name", Message: fmt.Sprintf("must be printable text of at most %d bytes", MaxNameLen), Hint: "use letters, digits, spaces, '-' or '_'", Op: "auth"}
 	}
 	role, err := ParseRole(r.Role)
 	if err != nil {
-		return "", 0, &InvalidError{Field: "role", Msg: fmt.Sprintf("unknown role %q", r.Role), Hint: "use admin, editor, operator or auditor"}
+		return "", 0, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "role", Message: fmt.Sprintf("unknown role %q", r.Role), Hint: "use admin, editor, operator or auditor", Op: "auth"}
 	}
 	var ttl time.Duration
 	if r.ExpiresIn != "" {
 		ttl, err = time.ParseDuration(r.ExpiresIn)
 		if err != nil || ttl <= 0 {
-			return "", 0, &InvalidError{Field: "expires_in", Msg: fmt.Sprintf("%q is not a positive duration", r.ExpiresIn), Hint: "use a Go duration such as 720h or 90m"}
+			return "", 0, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "expires_in", Message: fmt.Sprintf("%q is not a positive duration", r.ExpiresIn), Hint: "use a Go duration such as 720h or 90m", Op: "auth"}
 		}
 	}
 	return role, ttl, nil

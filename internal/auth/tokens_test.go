@@ -16,6 +16,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 )
@@ -164,10 +165,11 @@ func TestCreateRejectsInvalidRequest(t *testing.T) {
 	for _, tc := range cases {
 		_, _, err := s.Create(ctx, admin, tc.req)
 		require.ErrorIs(t, err, auth.ErrInvalid)
-		var inv *auth.InvalidError
+		var inv *errs.Error
 		require.ErrorAs(t, err, &inv)
 		require.Equal(t, tc.field, inv.Field, "%+v", tc.req)
 		require.NotEmpty(t, inv.Hint)
+		require.Equal(t, errs.Invalid, inv.Kind)
 	}
 	toks, err := s.List(ctx)
 	require.NoError(t, err)

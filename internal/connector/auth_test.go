@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 func TestAuthTypes(t *testing.T) {
@@ -91,7 +92,7 @@ func TestHeadersAndIdempotencyKey(t *testing.T) {
 	require.Empty(t, got.last(t).Header.Values("Idempotency-Key"), "no Idempotency-Key unless the request sets one")
 
 	_, err = e.conns.Do(ctx, "hr", connector.Request{Path: "/../admin"})
-	var in *connector.InputError
+	var in *errs.Error
 	require.ErrorAs(t, err, &in)
 	require.Equal(t, "path", in.Field)
 	_, err = e.conns.Do(ctx, "hr", connector.Request{Path: "https://elsewhere.example/"})

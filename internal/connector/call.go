@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // DefaultMaxResponseBytes bounds a response body kept in memory.
@@ -58,11 +59,11 @@ func (c *client) resolve(path string, query url.Values) (*url.URL, error) {
 	}
 	p, err := url.Parse(path)
 	if err != nil || p.Scheme != "" || p.Host != "" || p.User != nil || strings.HasPrefix(path, "//") {
-		return nil, &InputError{Field: "path", Code: "invalid_input", Message: fmt.Sprintf("%q must be a path, without scheme or host", path), Hint: "e.g. /users/42; the connector's URL supplies the rest"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "path", Message: fmt.Sprintf("%q must be a path, without scheme or host", path), Hint: "e.g. /users/42; the connector's URL supplies the rest", Op: "connector"}
 	}
 	for _, seg := range strings.Split(p.Path, "/") {
 		if seg == ".." {
-			return nil, &InputError{Field: "path", Code: "invalid_input", Message: fmt.Sprintf("%q climbs out of the connector's base path", path), Hint: "remove the '..' segments"}
+			return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "path", Message: fmt.Sprintf("%q climbs out of the connector's base path", path), Hint: "remove the '..' segments", Op: "connector"}
 		}
 	}
 	u := *c.base
@@ -89,8 +90,7 @@ func (s *Service) Do(ctx context.Context, name string, req Request) (*Response, 
 	}
 	var ce *CallError
 	if err != nil && !errors.As(err, &ce) {
-		var in *InputError
-		if errors.As(err, &in) {
+		if errs.KindOf(err) == errs.Invalid {
 			return nil, err
 		}
 		ce = c.diagnose(ctx, err, nil)
@@ -134,7 +134,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { evidence = c.evidenceFor(info.Conn) }}
 	hreq, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, u.String(), body)
 	if err != nil {
-		return nil, c, what, &InputError{Field: "method", Code: "invalid_input", Message: err.Error(), Hint: "use an HTTP method such as GET or POST"}
+		return nil, c, what, &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: "method", Message: err.Error(), Hint: "use an HTTP method such as GET or POST", Op: "connector"}
 	}
 	for k, vs := range req.Header {
 		for _, v := range vs {

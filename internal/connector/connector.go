@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Auth types.
@@ -119,18 +121,9 @@ type Spec struct {
 	secretStored bool
 }
 
-// InputError names the field of a bad spec and how to fix it.
-type InputError struct {
-	Field   string
-	Code    string
-	Message string
-	Hint    string
-}
-
-func (e *InputError) Error() string { return "connector: " + e.Field + ": " + e.Message }
-
+// invalid is a bad value in field of a spec or a call, with the fix.
 func invalid(field, msg, hint string) error {
-	return &InputError{Field: field, Code: "invalid_input", Message: msg, Hint: hint}
+	return &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: field, Message: msg, Hint: hint, Op: "connector"}
 }
 
 var (

@@ -14,9 +14,9 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
-	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 func b64(n int) string {
@@ -100,7 +100,7 @@ func TestSpecValidation(t *testing.T) {
 				sp := base()
 				tc.edit(&sp)
 				_, err := e.conns.Create(ctx, admin, sp)
-				var in *connector.InputError
+				var in *errs.Error
 				require.ErrorAs(t, err, &in)
 				require.Equal(t, tc.field, in.Field, in.Message)
 				require.Equal(t, tc.code, in.Code)
@@ -131,7 +131,7 @@ func TestPlaintextNeedsAuditedException(t *testing.T) {
 		t.Cleanup(srv.Close)
 
 		_, err := e.conns.Create(ctx, admin, connector.Spec{Name: "legacy", URL: srv.URL})
-		var in *connector.InputError
+		var in *errs.Error
 		require.ErrorAs(t, err, &in)
 		require.Equal(t, "url", in.Field)
 
@@ -260,7 +260,7 @@ func TestSecretsAreSealedAndNeverShown(t *testing.T) {
 		// the old type's secret does not carry over.
 		sp.Auth, sp.AuthSettings, sp.Secrets = connector.AuthBasic, connector.AuthSettings{Username: "u"}, connector.Secrets{}
 		_, err = e.conns.Update(ctx, admin, sp)
-		var in *connector.InputError
+		var in *errs.Error
 		require.ErrorAs(t, err, &in)
 		require.Equal(t, "secrets.password", in.Field)
 
@@ -276,7 +276,7 @@ func TestRemovingTrustInUseIsRefused(t *testing.T) {
 		e.addIdentity(t, "svc", e.ca)
 		e.create(t, connector.Spec{Name: "hr", URL: "https://hr.example", Identity: "svc", CAs: []string{"demo"}})
 
-		var conflict *truststore.ConflictError
+		var conflict *errs.Error
 		err := e.trust.RemoveCA(ctx, admin, "demo")
 		require.ErrorAs(t, err, &conflict)
 		require.Equal(t, "in_use", conflict.Code)
@@ -297,9 +297,10 @@ func TestRemovingTrustInUseIsRefused(t *testing.T) {
 		require.NoError(t, e.conns.Remove(ctx, admin, "hr"))
 		require.NoError(t, e.trust.RemoveCA(ctx, admin, "demo"))
 		require.NoError(t, e.trust.Remove(ctx, admin, "svc"))
-		var nf *connector.NotFoundError
+		var nf *errs.Error
 		_, err = e.conns.Get(ctx, "hr")
 		require.ErrorAs(t, err, &nf)
+		require.Equal(t, errs.NotFound, nf.Kind)
 		require.ErrorIs(t, err, store.ErrNotFound)
 	})
 }

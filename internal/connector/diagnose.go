@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/pki"
 )
 
@@ -177,7 +179,7 @@ func (c *client) diagnoseCertificate(ctx context.Context, e *tls.CertificateVeri
 
 // certDiagnosis phrases a pki verification failure for this connector.
 func (c *client) certDiagnosis(verr error, leaf *x509.Certificate, fallback error) Diagnosis {
-	var pe *pki.Error
+	var pe *errs.Error
 	if verr == nil || !errors.As(verr, &pe) {
 		return Diagnosis{Code: "server_certificate_invalid", Message: fmt.Sprintf("connector %s: the server's certificate was refused: %v", c.conn.Name, fallback)}
 	}

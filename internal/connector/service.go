@@ -16,6 +16,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -77,20 +78,13 @@ func (s *Service) InUse(ctx context.Context, tx *store.Tx, kind, name string) ([
 	return tx.ConnectorsUsing(ctx, kind, name)
 }
 
-// NotFoundError names a connector that does not exist.
-type NotFoundError struct{ Name string }
-
-func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("connector: connector %q does not exist", e.Name)
+// notFound says that connector name does not exist; it matches
+// store.ErrNotFound.
+func notFound(name string) *errs.Error {
+	e := errs.NotFoundNamed("connector", name, "see `trustflow connector list`")
+	e.Op = "connector"
+	return e
 }
-
-// Unwrap makes errors.Is(err, store.ErrNotFound) hold.
-func (e *NotFoundError) Unwrap() error { return store.ErrNotFound }
-
-// ConflictError is a refused change (name taken).
-type ConflictError struct{ Code, Message, Hint string }
-
-func (e *ConflictError) Error() string { return "connector: " + e.Message }
 
 func secretAAD(id string) []byte { return store.ConnectorSecretAAD(id) }
 
@@ -125,18 +119,16 @@ func view(c store.Connector) (Connector, error) {
 func (s *Service) checkRefs(ctx context.Context, sp Spec) error {
 	for _, ca := range sp.CAs {
 		if _, err := s.trust.GetCA(ctx, ca); err != nil {
-			var nf *truststore.NotFoundError
-			if errors.As(err, &nf) {
-				return &InputError{Field: "cas", Code: "unknown_ca", Message: fmt.Sprintf("there is no CA named %q", ca), Hint: "add it with `trustflow ca add " + ca + " --file F`, or see `trustflow ca list`"}
+			if errs.KindOf(err) == errs.NotFound {
+				return &errs.Error{Kind: errs.Invalid, Code: "unknown_ca", Field: "cas", Message: fmt.Sprintf("there is no CA named %q", ca), Hint: "add it with `trustflow ca add " + ca + " --file F`, or see `trustflow ca list`", Op: "connector"}
 			}
 			return err
 		}
 	}
 	if sp.Identity != "" {
 		if _, err := s.trust.Get(ctx, sp.Identity); err != nil {
-			var nf *truststore.NotFoundError
-			if errors.As(err, &nf) {
-				return &InputError{Field: "identity", Code: "unknown_identity", Message: fmt.Sprintf("there is no identity named %q", sp.Identity), Hint: "import or create it with `trustflow identity import|create`, or see `trustflow identity list`"}
+			if errs.KindOf(err) == errs.NotFound {
+				return &errs.Error{Kind: errs.Invalid, Code: "unknown_identity", Field: "identity", Message: fmt.Sprintf("there is no identity named %q", sp.Identity), Hint: "import or create it with `trustflow identity import|create`, or see `trustflow identity list`", Op: "connector"}
 			}
 			return err
 		}
@@ -248,8 +240,7 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertConnector(ctx, r); err != nil {
 			if errors.Is(err, store.ErrConflict) {
-				return &ConflictError{Code: "already_exists", Message: fmt.Sprintf("a connector named %q already exists", sp.Name),
-					Hint: "choose another name, or change it with `trustflow connector update " + sp.Name + "`"}
+				return &errs.Error{Kind: errs.Conflict, Code: "already_exists", Message: fmt.Sprintf("a connector named %q already exists", sp.Name), Hint: "choose another name, or change it with `trustflow connector update " + sp.Name + "`", Op: "connector"}
 			}
 			return err
 		}
@@ -267,7 +258,7 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Connector, error) {
 	current, err := s.store.ConnectorByName(ctx, sp.Name)
 	if errors.Is(err, store.ErrNotFound) {
-		return Connector{}, &NotFoundError{Name: sp.Name}
+		return Connector{}, notFound(sp.Name)
 	} else if err != nil {
 		return Connector{}, err
 	}
@@ -286,7 +277,7 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		old, err := tx.ConnectorByName(ctx, sp.Name)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Name: sp.Name}
+			return notFound(sp.Name)
 		} else if err != nil {
 			return err
 		}
@@ -318,7 +309,7 @@ func (s *Service) Remove(ctx context.Context, actor audit.Actor, name string) er
 	err := s.store.InTx(ctx, func(tx *store.Tx) error {
 		c, err := tx.ConnectorByName(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Name: name}
+			return notFound(name)
 		} else if err != nil {
 			return err
 		}
@@ -338,7 +329,7 @@ func (s *Service) Remove(ctx context.Context, actor audit.Actor, name string) er
 func (s *Service) Get(ctx context.Context, name string) (Connector, error) {
 	c, err := s.store.ConnectorByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return Connector{}, &NotFoundError{Name: name}
+		return Connector{}, notFound(name)
 	} else if err != nil {
 		return Connector{}, err
 	}
@@ -407,7 +398,7 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 	state, err := s.store.ConnectorState(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		s.drop(name)
-		return nil, &NotFoundError{Name: name}
+		return nil, notFound(name)
 	} else if err != nil {
 		return nil, err
 	}
@@ -425,7 +416,7 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 	}
 	row, err := s.store.ConnectorByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, &NotFoundError{Name: name}
+		return nil, notFound(name)
 	} else if err != nil {
 		return nil, err
 	}

@@ -7,5 +7,5 @@
 //
 // It works over github.com/ThalesGroup/crypto11, which needs cgo. A binary
 // built with CGO_ENABLED=0 keeps the same API, and every operation that
-// would load a module returns an [*Error] that says to rebuild with cgo.
+// would load a module returns an [*errs.Error] that says to rebuild with cgo.
 package hsm

@@ -1,8 +1,12 @@
 package hsm
 
-import "fmt"
+import (
+	"fmt"
 
-// Diagnosis codes of an [Error].
+	"github.com/trustflow/trustflow/internal/errs"
+)
+
+// Diagnosis codes of a token error (see tokenError).
 const (
 	// CodeTokenNotFound: no token with the URI's label or serial is
 	// present in any slot of the module.
@@ -25,33 +29,22 @@ const (
 	CodeTokenError = "token_error"
 )
 
-// Error is a failure to use a token, with a diagnosis and the fix. It never
-// holds a PIN.
-type Error struct {
-	// Token is the token's label (or "serial S").
-	Token string
-	// Code is one of the Code* constants.
-	Code string
-	// Message says what went wrong; Hint how to fix it.
-	Message string
-	Hint    string
-	// Err is the cause: a pkcs11.Error (CKR_*) or an I/O error.
-	Err error
-}
-
-func (e *Error) Error() string {
-	s := fmt.Sprintf("hsm: token %q: %s", e.Token, e.Message)
-	if e.Err != nil {
-		s += " (" + e.Err.Error() + ")"
+// tokenError is a failure to use a token, with a diagnosis and the fix: an
+// *errs.Error whose Code is one of the Code* constants and whose message
+// names the token. It never holds a PIN. A token that is missing, locked or
+// refuses the PIN is Unavailable (trying again after the fix works); a key
+// label already taken is a Conflict; a key the URI names but the token lacks
+// is Invalid.
+func tokenError(token, code, msg, hint string, cause error) *errs.Error {
+	kind := errs.Unavailable
+	switch code {
+	case CodeKeyExists:
+		kind = errs.Conflict
+	case CodeKeyNotFound:
+		kind = errs.Invalid
 	}
-	if e.Hint != "" {
-		s += "; " + e.Hint
-	}
-	return s
+	return &errs.Error{Kind: kind, Code: code, Message: fmt.Sprintf("PKCS#11 token %q: %s", token, msg), Hint: hint, Op: "hsm", Err: cause}
 }
-
-// Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
 
 // KeyTypes lists the key types GenerateSigner makes in a token, named as
 // package pki names them. The first is the default.

@@ -33,8 +33,7 @@ func (s KEKSource) check() error {
 		return fmt.Errorf("hsm: kek source %s: nil Tokens", s)
 	}
 	if s.URI.Object == "" {
-		return &Error{Token: s.URI.TokenName(), Code: CodeKeyNotFound, Message: "the key-encryption key URI names no object",
-			Hint: "add ;object=LABEL (e.g. object=trustflow-kek) to the pkcs11: URI"}
+		return tokenError(s.URI.TokenName(), CodeKeyNotFound, "the key-encryption key URI names no object", "add ;object=LABEL (e.g. object=trustflow-kek) to the pkcs11: URI", nil)
 	}
 	return nil
 }

@@ -43,9 +43,7 @@ func (t *Tokens) findKEKs(ctx context.Context, u URI) (*crypto11.Context, []toke
 			return nil, nil, t.opError(u, "reading a key-encryption key's id", err)
 		}
 		if len(a.Value) != kekIDSize {
-			return nil, nil, &Error{Token: u.TokenName(), Code: CodeTokenError,
-				Message: fmt.Sprintf("a key labelled %q has a %d-byte id; trustflow's key-encryption keys have 8-byte ids", u.Object, len(a.Value)),
-				Hint:    "give the key-encryption key a label no other key uses"}
+			return nil, nil, tokenError(u.TokenName(), CodeTokenError, fmt.Sprintf("a key labelled %q has a %d-byte id; trustflow's key-encryption keys have 8-byte ids", u.Object, len(a.Value)), "give the key-encryption key a label no other key uses", nil)
 		}
 		out = append(out, tokenKEK{key: k, id: a.Value})
 	}
@@ -74,7 +72,7 @@ func (t *Tokens) loadKEKs(ctx context.Context, u URI) ([]*seal.KEK, error) {
 func (t *Tokens) sealKEK(u URI, k tokenKEK) (*seal.KEK, error) {
 	gcm, err := k.key.NewGCM()
 	if err != nil {
-		return nil, &Error{Token: u.TokenName(), Code: CodeTokenError, Message: "the key-encryption key cannot do AES-GCM", Hint: "use a token that supports CKM_AES_GCM", Err: err}
+		return nil, tokenError(u.TokenName(), CodeTokenError, "the key-encryption key cannot do AES-GCM", "use a token that supports CKM_AES_GCM", err)
 	}
 	aead := &tokenGCM{gcm: gcm, tokens: t, uri: u}
 	return seal.NewExternalKEK(hex.EncodeToString(k.id), aead)
@@ -86,8 +84,7 @@ func (t *Tokens) createKEK(ctx context.Context, u URI, first bool) (*seal.KEK, e
 		return nil, err
 	}
 	if first && len(keys) > 0 {
-		return nil, &Error{Token: u.TokenName(), Code: CodeKeyExists, Message: fmt.Sprintf("the token already holds a key-encryption key labelled %q", u.Object),
-			Hint: "trustflow never overwrites a key in a token: load it, or choose another object= label"}
+		return nil, tokenError(u.TokenName(), CodeKeyExists, fmt.Sprintf("the token already holds a key-encryption key labelled %q", u.Object), "trustflow never overwrites a key in a token: load it, or choose another object= label", nil)
 	}
 	if first {
 		// A key pair of that label is no KEK, but taking its label would
@@ -150,8 +147,7 @@ func (t *Tokens) commitKEK(ctx context.Context, u URI, id string) error {
 		found = found || bytes.Equal(k.id, want)
 	}
 	if !found {
-		return &Error{Token: u.TokenName(), Code: CodeKeyNotFound, Message: fmt.Sprintf("the token holds no key-encryption key %s labelled %q", id, u.Object),
-			Hint: "nothing was destroyed; check the kek id and the URI's object= label"}
+		return tokenError(u.TokenName(), CodeKeyNotFound, fmt.Sprintf("the token holds no key-encryption key %s labelled %q", id, u.Object), "nothing was destroyed; check the kek id and the URI's object= label", nil)
 	}
 	var errs []error
 	for _, k := range keys {
@@ -178,7 +174,7 @@ func (g *tokenGCM) NonceSize() int { return 0 }
 func (g *tokenGCM) Overhead() int  { return gcmNonceSize + gcmTag }
 
 // Seal encrypts in the token. cipher.AEAD's Seal cannot return an error, so
-// a token failure panics with an *Error (as crypto11 itself does), rather
+// a token failure panics with an *errs.Error (as crypto11 itself does), rather
 // than returning a blob that would never open.
 func (g *tokenGCM) Seal(dst, nonce, plaintext, additionalData []byte) []byte {
 	if len(nonce) != 0 {

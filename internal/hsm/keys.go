@@ -21,8 +21,7 @@ import (
 // wrapped. An existing key with the same label is never overwritten.
 func (t *Tokens) GenerateSigner(ctx context.Context, u URI, keyType string) (*Signer, error) {
 	if u.Object == "" {
-		return nil, &Error{Token: u.TokenName(), Code: CodeKeyNotFound, Message: "the URI names no object to label the new key with",
-			Hint: "add ;object=NAME to the pkcs11: URI"}
+		return nil, tokenError(u.TokenName(), CodeKeyNotFound, "the URI names no object to label the new key with", "add ;object=NAME to the pkcs11: URI", nil)
 	}
 	curve, bits, err := keyParams(u, keyType)
 	if err != nil {
@@ -67,8 +66,7 @@ func keyParams(u URI, keyType string) (elliptic.Curve, int, error) {
 	case "rsa-3072":
 		return nil, 3072, nil
 	}
-	return nil, 0, &Error{Token: u.TokenName(), Code: CodeTokenError, Message: fmt.Sprintf("trustflow does not generate %q keys in a token", keyType),
-		Hint: "use --key-type ecdsa-p256, ecdsa-p384 or rsa-3072"}
+	return nil, 0, tokenError(u.TokenName(), CodeTokenError, fmt.Sprintf("trustflow does not generate %q keys in a token", keyType), "use --key-type ecdsa-p256, ecdsa-p384 or rsa-3072", nil)
 }
 
 // keyTemplates sets every security attribute explicitly rather than
@@ -127,8 +125,7 @@ func (t *Tokens) refuseExisting(u URI, c *crypto11.Context) error {
 		return t.opError(u, fmt.Sprintf("looking for keys labelled %q", u.Object), err)
 	}
 	if len(pairs)+len(secrets) > 0 {
-		return &Error{Token: u.TokenName(), Code: CodeKeyExists, Message: fmt.Sprintf("the token already holds a key labelled %q", u.Object),
-			Hint: "choose another object= label; trustflow never overwrites a key in a token"}
+		return tokenError(u.TokenName(), CodeKeyExists, fmt.Sprintf("the token already holds a key labelled %q", u.Object), "choose another object= label; trustflow never overwrites a key in a token", nil)
 	}
 	return nil
 }
@@ -137,8 +134,7 @@ func (t *Tokens) refuseExisting(u URI, c *crypto11.Context) error {
 // both, and returns its signer.
 func (t *Tokens) FindSigner(ctx context.Context, u URI) (*Signer, error) {
 	if u.Object == "" && len(u.ID) == 0 {
-		return nil, &Error{Token: u.TokenName(), Code: CodeKeyNotFound, Message: "the URI names no key",
-			Hint: "add ;object=LABEL (or ;id=...) to the pkcs11: URI"}
+		return nil, tokenError(u.TokenName(), CodeKeyNotFound, "the URI names no key", "add ;object=LABEL (or ;id=...) to the pkcs11: URI", nil)
 	}
 	c, err := t.context(ctx, u)
 	if err != nil {
@@ -154,12 +150,10 @@ func (t *Tokens) FindSigner(ctx context.Context, u URI) (*Signer, error) {
 	}
 	switch len(pairs) {
 	case 0:
-		return nil, &Error{Token: u.TokenName(), Code: CodeKeyNotFound, Message: "the token holds no key pair " + describe(u),
-			Hint: "check object= (and id=) against `pkcs11-tool --module " + u.ModulePath + " --login --list-objects`; the private key needs its public key object beside it"}
+		return nil, tokenError(u.TokenName(), CodeKeyNotFound, "the token holds no key pair "+describe(u), "check object= (and id=) against `pkcs11-tool --module "+u.ModulePath+" --login --list-objects`; the private key needs its public key object beside it", nil)
 	case 1:
 	default:
-		return nil, &Error{Token: u.TokenName(), Code: CodeKeyNotFound, Message: fmt.Sprintf("the token holds %d key pairs %s", len(pairs), describe(u)),
-			Hint: "add ;id=... to the URI to pick one"}
+		return nil, tokenError(u.TokenName(), CodeKeyNotFound, fmt.Sprintf("the token holds %d key pairs %s", len(pairs), describe(u)), "add ;id=... to the URI to pick one", nil)
 	}
 	if len(u.ID) == 0 {
 		a, err := c.GetAttribute(pairs[0], crypto11.CkaId)

@@ -12,9 +12,7 @@ import (
 
 // noCgo is the error of every operation in a binary built without cgo.
 func noCgo(u URI) error {
-	return &Error{Token: u.TokenName(), Code: CodeModuleNotLoadable,
-		Message: "this trustflow binary was built without cgo (CGO_ENABLED=0), so it cannot load a PKCS#11 module",
-		Hint:    "build with cgo to use pkcs11: URIs"}
+	return tokenError(u.TokenName(), CodeModuleNotLoadable, "this trustflow binary was built without cgo (CGO_ENABLED=0), so it cannot load a PKCS#11 module", "build with cgo to use pkcs11: URIs", nil)
 }
 
 // Tokens would cache token contexts; without cgo it opens none.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // gcmNonceSize is the AES-GCM nonce the token is given: 96 bits, as NIST
@@ -59,7 +61,7 @@ func (t *Tokens) context(ctx context.Context, u URI) (*crypto11.Context, error) 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, &Error{Token: u.TokenName(), Code: CodeTokenError, Message: "the token cache is closed", Hint: "this trustflow node is shutting down"}
+		return nil, tokenError(u.TokenName(), CodeTokenError, "the token cache is closed", "this trustflow node is shutting down", nil)
 	}
 	if c := t.open[k]; c != nil {
 		return c, nil
@@ -114,16 +116,14 @@ func configureError(u URI, err error) error {
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "could not find PKCS#11 token"):
-		return &Error{Token: tok, Code: CodeTokenNotFound, Message: "no such token in any slot of " + u.ModulePath,
-			Hint: "check the token= label (list them with `softhsm2-util --show-slots` or `pkcs11-tool --module " + u.ModulePath + " -L`), that the device is connected, and that the module's configuration (for SoftHSM2: SOFTHSM2_CONF) is the one trustflow reads"}
+		return tokenError(tok, CodeTokenNotFound, "no such token in any slot of "+u.ModulePath, "check the token= label (list them with `softhsm2-util --show-slots` or `pkcs11-tool --module "+u.ModulePath+" -L`), that the device is connected, and that the module's configuration (for SoftHSM2: SOFTHSM2_CONF) is the one trustflow reads", nil)
 	case strings.Contains(msg, "failed to open module"), strings.Contains(msg, "failed to initialize module"):
-		return &Error{Token: tok, Code: CodeModuleNotLoadable, Message: "the PKCS#11 module " + u.ModulePath + " does not load",
-			Hint: "check module-path: the file must exist, be readable by trustflow, and match this machine's architecture (for SoftHSM2 on Debian: apt-get install softhsm2, /usr/lib/softhsm/libsofthsm2.so)", Err: unwrapP11(err)}
+		return tokenError(tok, CodeModuleNotLoadable, "the PKCS#11 module "+u.ModulePath+" does not load", "check module-path: the file must exist, be readable by trustflow, and match this machine's architecture (for SoftHSM2 on Debian: apt-get install softhsm2, /usr/lib/softhsm/libsofthsm2.so)", unwrapP11(err))
 	}
 	if e := p11Error(u, err); e != nil {
 		return e
 	}
-	return &Error{Token: tok, Code: CodeTokenError, Message: "opening the token failed", Hint: "check the token with the vendor's tools", Err: errors.New(msg)}
+	return tokenError(tok, CodeTokenError, "opening the token failed", "check the token with the vendor's tools", errors.New(msg))
 }
 
 func unwrapP11(err error) error {
@@ -135,7 +135,7 @@ func unwrapP11(err error) error {
 }
 
 // p11Error diagnoses a CKR_* return value, or returns nil for other errors.
-func p11Error(u URI, err error) *Error {
+func p11Error(u URI, err error) *errs.Error {
 	var rv pkcs11.Error
 	if !errors.As(err, &rv) {
 		return nil
@@ -143,21 +143,17 @@ func p11Error(u URI, err error) *Error {
 	tok := u.TokenName()
 	switch rv {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
-		return &Error{Token: tok, Code: CodePINIncorrect, Message: "the token refused the PIN",
-			Hint: "put the token's user PIN (not the SO PIN) in " + pinWhere(u) + "; each wrong attempt brings the token closer to locking it", Err: rv}
+		return tokenError(tok, CodePINIncorrect, "the token refused the PIN", "put the token's user PIN (not the SO PIN) in "+pinWhere(u)+"; each wrong attempt brings the token closer to locking it", rv)
 	case pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED:
-		return &Error{Token: tok, Code: CodePINLocked, Message: "the token has locked (or expired) its user PIN",
-			Hint: "the security officer must reset the user PIN (`softhsm2-util` cannot; use `pkcs11-tool --login --login-type so --init-pin`, or the vendor's tool), then update " + pinWhere(u), Err: rv}
+		return tokenError(tok, CodePINLocked, "the token has locked (or expired) its user PIN", "the security officer must reset the user PIN (`softhsm2-util` cannot; use `pkcs11-tool --login --login-type so --init-pin`, or the vendor's tool), then update "+pinWhere(u), rv)
 	case pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_SLOT_ID_INVALID:
-		return &Error{Token: tok, Code: CodeTokenNotFound, Message: "the token is not present",
-			Hint: "reconnect the device (or restore the token), then retry", Err: rv}
+		return tokenError(tok, CodeTokenNotFound, "the token is not present", "reconnect the device (or restore the token), then retry", rv)
 	case pkcs11.CKR_USER_PIN_NOT_INITIALIZED:
-		return &Error{Token: tok, Code: CodePINIncorrect, Message: "the token has no user PIN yet",
-			Hint: "initialise the user PIN (`softhsm2-util --init-token` sets both, or `pkcs11-tool --init-pin`)", Err: rv}
+		return tokenError(tok, CodePINIncorrect, "the token has no user PIN yet", "initialise the user PIN (`softhsm2-util --init-token` sets both, or `pkcs11-tool --init-pin`)", rv)
 	case pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_MEMORY, pkcs11.CKR_HOST_MEMORY:
-		return &Error{Token: tok, Code: CodeTokenError, Message: "the token failed", Hint: "check the device and its logs, then retry", Err: rv}
+		return tokenError(tok, CodeTokenError, "the token failed", "check the device and its logs, then retry", rv)
 	}
-	return &Error{Token: tok, Code: CodeTokenError, Message: "the token refused the operation", Hint: "check that the token supports it (see docs/keys.md)", Err: rv}
+	return tokenError(tok, CodeTokenError, "the token refused the operation", "check that the token supports it (see docs/keys.md)", rv)
 }
 
 func pinWhere(u URI) string {
@@ -178,5 +174,5 @@ func (t *Tokens) opError(u URI, op string, err error) error {
 		e.Message = op + ": " + e.Message
 		return e
 	}
-	return &Error{Token: u.TokenName(), Code: CodeTokenError, Message: op + " failed", Hint: "check the token with the vendor's tools", Err: err}
+	return tokenError(u.TokenName(), CodeTokenError, op+" failed", "check the token with the vendor's tools", err)
 }

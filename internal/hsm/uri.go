@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // URI names a token, and optionally an object in it, with the module that
@@ -78,20 +80,14 @@ func ParseURI(s string) (URI, error) {
 
 func uriError(attr, problem, hint string) error {
 	if attr == "" {
-		return &URIError{Message: "the PKCS#11 URI " + problem, Hint: hint}
+		return &errs.Error{Kind: errs.Invalid, Code: CodeInvalidURI, Message: "the PKCS#11 URI " + problem, Hint: hint, Op: "hsm"}
 	}
-	return &URIError{Attribute: attr, Message: fmt.Sprintf("the PKCS#11 URI attribute %s %s", attr, problem), Hint: hint}
+	return &errs.Error{Kind: errs.Invalid, Code: CodeInvalidURI, Message: fmt.Sprintf("the PKCS#11 URI attribute %s %s", attr, problem), Hint: hint, Op: "hsm"}
 }
 
-// URIError is a PKCS#11 URI that does not parse. It names the attribute at
-// fault and says how to fix it.
-type URIError struct {
-	Attribute string
-	Message   string
-	Hint      string
-}
-
-func (e *URIError) Error() string { return "hsm: " + e.Message + ": " + e.Hint }
+// CodeInvalidURI is the code of a PKCS#11 URI that does not parse; the
+// message names the attribute at fault and the hint how to fix it.
+const CodeInvalidURI = "invalid_pkcs11_uri"
 
 func (u *URI) setAttr(attr string, query bool, seen map[string]bool) error {
 	if attr == "" {
@@ -334,25 +330,21 @@ func (u URI) pin() (string, error) {
 		p := strings.TrimPrefix(u.PinSource, "file:")
 		data, err := os.ReadFile(p)
 		if err != nil {
-			return "", &Error{Token: u.TokenName(), Code: CodePINSourceUnreadable, Message: "the PIN file " + p + " cannot be read",
-				Hint: "create it holding the user PIN, readable by trustflow only (chmod 600), or fix pin-source", Err: err}
+			return "", tokenError(u.TokenName(), CodePINSourceUnreadable, "the PIN file "+p+" cannot be read", "create it holding the user PIN, readable by trustflow only (chmod 600), or fix pin-source", err)
 		}
 		pin := strings.TrimRight(string(data), "\r\n")
 		clear(data)
 		if pin == "" {
-			return "", &Error{Token: u.TokenName(), Code: CodePINSourceUnreadable, Message: "the PIN file " + p + " is empty",
-				Hint: "write the token's user PIN into it"}
+			return "", tokenError(u.TokenName(), CodePINSourceUnreadable, "the PIN file "+p+" is empty", "write the token's user PIN into it", nil)
 		}
 		return pin, nil
 	case strings.HasPrefix(u.PinSource, "env:"):
 		name := strings.TrimPrefix(u.PinSource, "env:")
 		pin := os.Getenv(name)
 		if pin == "" {
-			return "", &Error{Token: u.TokenName(), Code: CodePINSourceUnreadable, Message: "the PIN variable " + name + " is empty or unset",
-				Hint: "set " + name + " to the token's user PIN in trustflow's environment, or fix pin-source"}
+			return "", tokenError(u.TokenName(), CodePINSourceUnreadable, "the PIN variable "+name+" is empty or unset", "set "+name+" to the token's user PIN in trustflow's environment, or fix pin-source", nil)
 		}
 		return pin, nil
 	}
-	return "", &Error{Token: u.TokenName(), Code: CodePINSourceUnreadable, Message: "the URI gives no PIN",
-		Hint: "add &pin-source=file:/path/to/pin-file (or env:NAME) to the pkcs11: URI"}
+	return "", tokenError(u.TokenName(), CodePINSourceUnreadable, "the URI gives no PIN", "add &pin-source=file:/path/to/pin-file (or env:NAME) to the pkcs11: URI", nil)
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/hsm"
 )
 
@@ -49,9 +50,12 @@ func TestParseURIErrors(t *testing.T) {
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			_, err := hsm.ParseURI(tc.in)
-			var e *hsm.URIError
+			var e *errs.Error
 			require.ErrorAs(t, err, &e)
-			require.Equal(t, tc.attr, e.Attribute)
+			require.Equal(t, hsm.CodeInvalidURI, e.Code)
+			if tc.attr != "" {
+				require.Contains(t, e.Message, "the PKCS#11 URI attribute "+tc.attr+" ")
+			}
 			require.Contains(t, e.Hint, tc.hint)
 		})
 	}

@@ -12,7 +12,7 @@
 // crypto/x509.Certificate.Verify and adds revocation checking against CRLs,
 // a maximum chain depth and diagnostics a user can act on.
 //
-// Every failure is a *Error carrying a stable Code, a Message that names the
+// Every failure is a *errs.Error carrying a stable Code, a Message that names the
 // certificate or field at fault and a Hint on how to fix it. The package does
 // no I/O and keeps no state; parsers bound their input (MaxInputSize, key
 // derivation work) and never panic.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Error codes. They are stable: the API layer and the CLI switch on them.
@@ -49,33 +51,11 @@ const (
 	CodeVerifyFailed         = "verify_failed"         // any other verification failure
 )
 
-// Error is what every parse and validation failure in pki returns, directly or
-// wrapped, so the API layer can show Message and Hint to the user and log Err.
-type Error struct {
-	// Code is a stable machine code, one of the Code* constants.
-	Code string
-	// Message says what is wrong, naming the certificate (by subject) or the
-	// field at fault. It is safe to show to the user.
-	Message string
-	// Hint says how to fix it. It is safe to show to the user. May be empty.
-	Hint string
-	// Err is the underlying cause, for logs. May be nil.
-	Err error
-}
-
-// Error returns "pki: <message>" followed by the cause, if any.
-func (e *Error) Error() string {
-	if e.Err == nil {
-		return "pki: " + e.Message
-	}
-	return "pki: " + e.Message + ": " + e.Err.Error()
-}
-
-// Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
-
-func newError(code, hint string, cause error, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Hint: hint, Err: cause}
+// newError is how pki fails: an errs.Invalid error with a Code* code, a
+// message that names the certificate or field at fault, and the cause for
+// logs. Its text is "pki: <message>: <cause>".
+func newError(code, hint string, cause error, format string, args ...any) *errs.Error {
+	return &errs.Error{Kind: errs.Invalid, Code: code, Message: fmt.Sprintf(format, args...), Hint: hint, Op: "pki", Err: cause}
 }
 
 // certName names a certificate for messages: its subject in RFC 4514 form,

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // trustflow's FIPS 140-3 policy for keys and certificates, applied on import
@@ -69,7 +71,7 @@ var fipsSignatureAlgorithms = map[x509.SignatureAlgorithm]bool{
 // against the FIPS policy above.
 func CheckFIPSCertificate(cert *x509.Certificate) error {
 	if err := CheckFIPSKey(cert.PublicKey); err != nil {
-		e := err.(*Error)
+		e := err.(*errs.Error)
 		e.Message = "certificate " + certName(cert) + ": " + e.Message
 		return e
 	}

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/pki"
 )
 
 // The fuzz targets check that parsers never panic, and that every failure is
-// a *pki.Error with a code and a message. Seed corpora live in
+// a *errs.Error with a code and a message. Seed corpora live in
 // testdata/fuzz/<FuzzName>/ and include the bad fixtures; run one with
 //
 //	go test -run='^$' -fuzz=FuzzParseCertificates -fuzztime=20s ./internal/pki
@@ -18,9 +20,9 @@ func requirePKIError(t *testing.T, err error) {
 	if err == nil {
 		return
 	}
-	var e *pki.Error
+	var e *errs.Error
 	if !errors.As(err, &e) {
-		t.Fatalf("error is a %T, not a *pki.Error: %v", err, err)
+		t.Fatalf("error is a %T, not a *errs.Error: %v", err, err)
 	}
 	if e.Code == "" || e.Message == "" {
 		t.Fatalf("error without code or message: %#v", e)

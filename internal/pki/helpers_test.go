@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/pki"
@@ -39,11 +41,11 @@ func fixtureCerts(t testing.TB, name string) []*x509.Certificate {
 	return certs
 }
 
-// requireCode asserts that err is a *pki.Error with code, and returns it.
-func requireCode(t testing.TB, err error, code string) *pki.Error {
+// requireCode asserts that err is a *errs.Error with code, and returns it.
+func requireCode(t testing.TB, err error, code string) *errs.Error {
 	t.Helper()
 	require.Error(t, err)
-	var e *pki.Error
+	var e *errs.Error
 	require.ErrorAs(t, err, &e)
 	require.Equal(t, code, e.Code, "error: %v", err)
 	require.NotEmpty(t, e.Message)

@@ -1,5 +1,7 @@
 package pki
 
+import "github.com/trustflow/trustflow/internal/errs"
+
 // Password-based key derivation is deliberately slow, and the iteration count
 // comes from the input. These limits keep a hostile or odd file from pinning a
 // CPU: a PBKDF2 or PKCS#12 KDF round costs about a microsecond, so the total
@@ -16,7 +18,7 @@ const hintKDF = "re-export the file with a standard iteration count, e.g. `opens
 // (PKCS#12 MacData and PBE parameters, PBKDF2 parameters: every place an
 // iteration count follows a salt) and refuses iteration counts over the
 // limits before any derivation runs.
-func checkKDFWork(der []byte, what string) *Error {
+func checkKDFWork(der []byte, what string) *errs.Error {
 	s := kdfScan{}
 	s.walk(der, 0)
 	switch {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/pki"
 )
 
@@ -138,9 +140,9 @@ func TestX509Limbo(t *testing.T) {
 	)
 	for _, tc := range suite.Testcases {
 		got, err := runLimboCase(tc)
-		var pe *pki.Error
+		var pe *errs.Error
 		if got == limboFailure && !errors.As(err, &pe) {
-			t.Errorf("%s: failure is a %T, not a *pki.Error: %v", tc.ID, err, err)
+			t.Errorf("%s: failure is a %T, not a *errs.Error: %v", tc.ID, err, err)
 		}
 		goLive, _ := runLimboCaseCryptoX509(tc)
 

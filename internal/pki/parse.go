@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // MaxInputSize is the largest input any parser in pki accepts (4 MiB): far
@@ -20,7 +22,7 @@ const maxItems = 10000
 
 const hintPEMCert = "provide the certificate as PEM (-----BEGIN CERTIFICATE-----) or DER; convert with `openssl x509 -in cert -out cert.pem` (add `-inform DER` for DER input)"
 
-func checkSize(data []byte, what string) *Error {
+func checkSize(data []byte, what string) *errs.Error {
 	if len(data) > MaxInputSize {
 		return newError(CodeTooLarge, fmt.Sprintf("split the input; pki reads at most %d bytes at a time", MaxInputSize), nil,
 			"%s input is %d bytes, over the %d-byte limit", what, len(data), MaxInputSize)
@@ -40,7 +42,7 @@ func isPEM(data []byte) bool {
 // decodePEM returns all PEM blocks in data, ignoring text around them. A begin
 // line whose block does not decode (bad base64, missing end line) is an error
 // naming the block, rather than being skipped silently.
-func decodePEM(data []byte) ([]*pem.Block, *Error) {
+func decodePEM(data []byte) ([]*pem.Block, *errs.Error) {
 	var (
 		blocks []*pem.Block
 		begins []string // types announced by begin lines, in order
@@ -95,7 +97,7 @@ func pemTypes(blocks []*pem.Block) string {
 // blocks, text between them ignored; PKCS7 blocks and CERTIFICATE blocks that
 // hold a PKCS#7 bundle are expanded), DER (one certificate, or several
 // concatenated) or a DER/BER PKCS#7 certs-only bundle (.p7b, .p7c). It returns
-// at least one certificate or a *Error.
+// at least one certificate or a *errs.Error.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	if err := checkSize(data, "certificate"); err != nil {
 		return nil, err

@@ -15,6 +15,8 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"hash"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Encrypted PKCS#8 (RFC 5958 EncryptedPrivateKeyInfo) with PBES2 (RFC 8018).
@@ -240,7 +242,7 @@ func unpadPKCS7(b []byte, bs int) ([]byte, bool) {
 // recoveredCryptoPanic turns a panic from a crypto primitive into an Error.
 // Under GODEBUG=fips140=only, Go's crypto panics when asked for an algorithm
 // FIPS 140-3 does not approve (SHA-1 HMAC, 3DES, short HMAC keys).
-func recoveredCryptoPanic(r any, what, hint string) *Error {
+func recoveredCryptoPanic(r any, what, hint string) *errs.Error {
 	cause := fmt.Errorf("%v", r)
 	if fips140.Enforced() {
 		return newError(CodeFIPSDisallowed, hint, cause,

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"software.sslmate.com/src/go-pkcs12"
 )
 
@@ -105,7 +107,7 @@ func ParsePKCS12(data []byte, password string) (key crypto.Signer, leaf *x509.Ce
 	return key, leaf, orderChain(leaf, certs), nil
 }
 
-func pkcs12Error(err error, password string) *Error {
+func pkcs12Error(err error, password string) *errs.Error {
 	var notImpl pkcs12.NotImplementedError
 	msg := err.Error()
 	switch {

@@ -6,6 +6,8 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"slices"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // CRL extensions (RFC 5280 5.2) and entry extensions (5.3).
@@ -33,7 +35,7 @@ const reasonRemoveFromCRL = 8
 
 // checkRevocation checks every certificate of chain but the trust anchor
 // against the CRLs of opts.
-func checkRevocation(chain []*x509.Certificate, opts *VerifyOptions) *Error {
+func checkRevocation(chain []*x509.Certificate, opts *VerifyOptions) *errs.Error {
 	if len(opts.CRLs) == 0 && !opts.RequireCRLs {
 		return nil
 	}
@@ -45,10 +47,10 @@ func checkRevocation(chain []*x509.Certificate, opts *VerifyOptions) *Error {
 	return nil
 }
 
-func checkCertRevocation(cert, issuer *x509.Certificate, opts *VerifyOptions) *Error {
+func checkCertRevocation(cert, issuer *x509.Certificate, opts *VerifyOptions) *errs.Error {
 	var (
 		usable  []*x509.RevocationList
-		problem *Error
+		problem *errs.Error
 		matched bool
 	)
 	for _, crl := range opts.CRLs {
@@ -95,7 +97,7 @@ func checkCertRevocation(cert, issuer *x509.Certificate, opts *VerifyOptions) *E
 
 // cmpProblem keeps the more useful of two CRL problems: one about time
 // (a stale CRL) over one about structure.
-func cmpProblem(have, e *Error) *Error {
+func cmpProblem(have, e *errs.Error) *errs.Error {
 	if have == nil || (have.Code != CodeCRLExpired && e.Code == CodeCRLExpired) {
 		return e
 	}
@@ -111,7 +113,7 @@ func cdpText(cert *x509.Certificate) string {
 
 // crlApplies validates crl, whose issuer name matches cert's issuer, for
 // checking cert, and reports whether its scope covers cert.
-func crlApplies(crl *x509.RevocationList, cert, issuer *x509.Certificate, opts *VerifyOptions) (bool, *Error) {
+func crlApplies(crl *x509.RevocationList, cert, issuer *x509.Certificate, opts *VerifyOptions) (bool, *errs.Error) {
 	who := "the CRL of " + certName(issuer)
 	const hintRefetch = "download the current CRL from the CA and replace this one"
 	if err := crl.CheckSignatureFrom(issuer); err != nil {
@@ -185,7 +187,7 @@ type issuingDistributionPoint struct {
 
 // idpApplies reads an issuingDistributionPoint extension and reports whether
 // the CRL's scope covers cert.
-func idpApplies(value []byte, cert *x509.Certificate, who string) (bool, *Error) {
+func idpApplies(value []byte, cert *x509.Certificate, who string) (bool, *errs.Error) {
 	var idp issuingDistributionPoint
 	if rest, err := asn1.Unmarshal(value, &idp); err != nil || len(rest) != 0 {
 		return false, newError(CodeCRLInvalid, "have the CA fix its CRL profile", err, "%s has a malformed issuing distribution point extension", who)

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Purposes for VerifyOptions.Purpose.
@@ -72,7 +74,7 @@ type VerifyResult struct {
 // policy checks are those of crypto/x509.Certificate.Verify. Verify adds CRL
 // checking, MaxChainDepth, a key-strength floor (no RSA key under MinRSABits
 // and no DSA key anywhere in the chain: Code "weak_key") and a diagnosis of
-// failures: the returned *Error names the certificate at fault, says how to
+// failures: the returned *errs.Error names the certificate at fault, says how to
 // fix it, and wraps the crypto/x509 error. When several chains are possible,
 // the first that passes every check is returned.
 //
@@ -122,7 +124,7 @@ func Verify(leaf *x509.Certificate, opts VerifyOptions) (VerifyResult, error) {
 	if err != nil {
 		return VerifyResult{}, diagnose(leaf, err, &opts)
 	}
-	var first, revoked *Error
+	var first, revoked *errs.Error
 	for _, chain := range chains {
 		e := checkChainDepth(chain, opts.MaxChainDepth)
 		if e == nil {
@@ -148,7 +150,7 @@ func Verify(leaf *x509.Certificate, opts VerifyOptions) (VerifyResult, error) {
 }
 
 // checkChainDepth enforces VerifyOptions.MaxChainDepth.
-func checkChainDepth(chain []*x509.Certificate, maxDepth int) *Error {
+func checkChainDepth(chain []*x509.Certificate, maxDepth int) *errs.Error {
 	if maxDepth == 0 {
 		return nil
 	}
@@ -174,7 +176,7 @@ const MinRSABits = 2048
 
 // checkChainKeys refuses weak or obsolete public keys in a chain: RSA keys
 // under MinRSABits and DSA keys.
-func checkChainKeys(chain []*x509.Certificate) *Error {
+func checkChainKeys(chain []*x509.Certificate) *errs.Error {
 	for i, c := range chain {
 		role := "intermediate CA"
 		switch i {
@@ -221,9 +223,9 @@ func (b *diagnosisBudget) issuedBy(child, parent *x509.Certificate) bool {
 	return issuedBy(child, parent)
 }
 
-// diagnose turns a crypto/x509 verification error into an *Error naming the
+// diagnose turns a crypto/x509 verification error into an *errs.Error naming the
 // certificate at fault.
-func diagnose(leaf *x509.Certificate, err error, opts *VerifyOptions) *Error {
+func diagnose(leaf *x509.Certificate, err error, opts *VerifyOptions) *errs.Error {
 	var (
 		uaErr   x509.UnknownAuthorityError
 		invErr  x509.CertificateInvalidError
@@ -267,7 +269,7 @@ func oidList(oids []asn1.ObjectIdentifier) string {
 	return strings.Join(s, ", ")
 }
 
-func hostnameError(h x509.HostnameError, err error) *Error {
+func hostnameError(h x509.HostnameError, err error) *errs.Error {
 	c := h.Certificate
 	host := strings.TrimSuffix(strings.TrimPrefix(h.Host, "["), "]")
 	var names []string
@@ -285,7 +287,7 @@ func hostnameError(h x509.HostnameError, err error) *Error {
 		if c.Subject.CommonName != "" {
 			msg += fmt.Sprintf(" (the Common Name %q is ignored, as by all current TLS clients)", c.Subject.CommonName)
 		}
-		return &Error{Code: CodeHostnameMismatch, Message: msg, Hint: hint, Err: err}
+		return &errs.Error{Kind: errs.Invalid, Code: CodeHostnameMismatch, Message: msg, Hint: hint, Op: "pki", Err: err}
 	}
 	if len(names) > 20 {
 		names = append(names[:20], fmt.Sprintf("and %d more", len(names)-20))
@@ -319,7 +321,7 @@ func allowsEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
 	return slices.Contains(c.ExtKeyUsage, want) || slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageAny)
 }
 
-func diagnoseInvalid(leaf *x509.Certificate, e x509.CertificateInvalidError, err error, opts *VerifyOptions) *Error {
+func diagnoseInvalid(leaf *x509.Certificate, e x509.CertificateInvalidError, err error, opts *VerifyOptions) *errs.Error {
 	c := e.Cert
 	if c == nil {
 		c = leaf
@@ -379,7 +381,7 @@ func roleOf(c, leaf *x509.Certificate, opts *VerifyOptions) string {
 
 // validityError reports that c, described by who, is outside its validity
 // period at now.
-func validityError(c *x509.Certificate, who string, now time.Time, cause error) *Error {
+func validityError(c *x509.Certificate, who string, now time.Time, cause error) *errs.Error {
 	if now.Before(c.NotBefore) {
 		return newError(CodeNotYetValid, "check this machine's clock, or wait until the certificate becomes valid", cause,
 			"%s is not valid until %s (checked at %s)", who, timeText(c.NotBefore), timeText(now))
@@ -391,7 +393,7 @@ func validityError(c *x509.Certificate, who string, now time.Time, cause error) 
 // diagnoseUnknownAuthority explains why no chain from leaf reached a trusted
 // CA, by walking up the candidate issuers itself: crypto/x509 keeps the
 // reason in unexported fields.
-func diagnoseUnknownAuthority(leaf *x509.Certificate, cause error, opts *VerifyOptions) *Error {
+func diagnoseUnknownAuthority(leaf *x509.Certificate, cause error, opts *VerifyOptions) *errs.Error {
 	budget := &diagnosisBudget{left: maxDiagnosisSignatureChecks}
 	var followed []*x509.Certificate
 	cert := leaf
@@ -408,7 +410,7 @@ func diagnoseUnknownAuthority(leaf *x509.Certificate, cause error, opts *VerifyO
 			}
 		}
 		var next *x509.Certificate
-		var problem *Error
+		var problem *errs.Error
 		for _, p := range sameName {
 			if seen[p] || !budget.issuedBy(cert, p) {
 				continue
@@ -478,7 +480,7 @@ func diagnoseUnknownAuthority(leaf *x509.Certificate, cause error, opts *VerifyO
 
 const hintPathLen = "use a chain that respects the CA's pathLenConstraint, or have the CA reissued without it"
 
-func pathLenError(ca *x509.Certificate, role string, leaf *x509.Certificate, below int, cause error) *Error {
+func pathLenError(ca *x509.Certificate, role string, leaf *x509.Certificate, below int, cause error) *errs.Error {
 	return newError(CodePathLength, hintPathLen, cause,
 		"%s %s allows at most %d intermediate CAs below it (pathLenConstraint), but the chain of %s has %d",
 		role, certName(ca), ca.MaxPathLen, certName(leaf), below)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/pki"
@@ -423,7 +425,7 @@ func TestVerifyInHandshake(t *testing.T) {
 	}
 	require.NoError(t, get(good))
 	err := get(revoked)
-	var e *pki.Error
+	var e *errs.Error
 	require.True(t, errors.As(err, &e), "got %v", err)
 	require.Equal(t, pki.CodeRevoked, e.Code)
 }

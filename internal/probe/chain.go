@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/pki"
 )
 
@@ -75,7 +77,7 @@ func hostnameCheck(t *target, peer []*x509.Certificate, now time.Time) Check {
 	}
 	leaf := peer[0]
 	_, err := pki.Verify(leaf, pki.VerifyOptions{Roots: t.anchors, Intermediates: peer[1:], DNSName: t.serverName, Time: now, Purpose: pki.PurposeServer})
-	var pe *pki.Error
+	var pe *errs.Error
 	switch {
 	case err == nil:
 		c.Status = StatusPass
@@ -96,7 +98,7 @@ func hostnameCheck(t *target, peer []*x509.Certificate, now time.Time) Check {
 
 // pkiDiagnosis is a pki failure's message and hint.
 func pkiDiagnosis(err error) (string, string) {
-	var pe *pki.Error
+	var pe *errs.Error
 	if errors.As(err, &pe) {
 		return pe.Message, pe.Hint
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
@@ -159,20 +160,6 @@ func (r Report) Check(name string) (Check, bool) {
 	return Check{}, false
 }
 
-// InputError is a rejected request: it names the field at fault.
-type InputError struct {
-	Field   string
-	Code    string
-	Message string
-	Hint    string
-	Err     error
-}
-
-func (e *InputError) Error() string { return "probe: " + e.Field + ": " + e.Message }
-
-// Unwrap returns the cause.
-func (e *InputError) Unwrap() error { return e.Err }
-
 // target is a validated request with its trust material resolved.
 type target struct {
 	url        *url.URL // scheme, host and path only
@@ -189,7 +176,7 @@ type target struct {
 // Probe runs every check against req.URL and records the outcome in the
 // audit log (action probe.run, target the URL's host). A request that names
 // a bad URL, an unknown CA or identity, or a bad timeout is refused with an
-// *InputError before any connection is made.
+// errs.Invalid error naming the field before any connection is made.
 func (p *Prober) Probe(ctx context.Context, actor audit.Actor, req Request) (Report, error) {
 	t, err := p.resolve(ctx, req)
 	if err != nil {
@@ -226,17 +213,15 @@ func (p *Prober) resolve(ctx context.Context, req Request) (*target, error) {
 	case t.timeout == 0:
 		t.timeout = DefaultTimeout
 	case t.timeout < 0 || t.timeout > MaxTimeout:
-		return nil, &InputError{Field: "timeout", Code: "invalid_timeout", Message: fmt.Sprintf("%s is not between 0 and %s", req.Timeout, MaxTimeout),
-			Hint: "give a per-check timeout such as 10s (the default)"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_timeout", Field: "timeout", Message: fmt.Sprintf("%s is not between 0 and %s", req.Timeout, MaxTimeout), Hint: "give a per-check timeout such as 10s (the default)", Op: "probe"}
 	}
 	if len(req.CAs) > maxCAs {
-		return nil, &InputError{Field: "cas", Code: "too_many", Message: fmt.Sprintf("%d CAs named; at most %d", len(req.CAs), maxCAs),
-			Hint: "name only the CAs that issue this server's certificate"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "too_many", Field: "cas", Message: fmt.Sprintf("%d CAs named; at most %d", len(req.CAs), maxCAs), Hint: "name only the CAs that issue this server's certificate", Op: "probe"}
 	}
 	seen := map[string]bool{}
 	for _, name := range req.CAs {
 		if strings.TrimSpace(name) == "" {
-			return nil, &InputError{Field: "cas", Code: "invalid_name", Message: "a CA name is empty", Hint: "name CAs as `trustflow ca list` shows them"}
+			return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_name", Field: "cas", Message: "a CA name is empty", Hint: "name CAs as `trustflow ca list` shows them", Op: "probe"}
 		}
 		if !seen[name] {
 			seen[name] = true
@@ -246,10 +231,8 @@ func (p *Prober) resolve(ctx context.Context, req Request) (*target, error) {
 	if len(t.cas) > 0 {
 		t.anchors, err = p.trust.Anchors(ctx, t.cas...)
 		if err != nil {
-			var nf *truststore.NotFoundError
-			if errors.As(err, &nf) {
-				return nil, &InputError{Field: "cas", Code: "not_found", Message: fmt.Sprintf("CA %q does not exist", nf.Name),
-					Hint: "list the CAs with `trustflow ca list`, or add the one that issues the server's certificate with `trustflow ca add`", Err: err}
+			if e, ok := errs.As(err); ok && e.Kind == errs.NotFound {
+				return nil, &errs.Error{Kind: errs.Invalid, Code: "not_found", Field: "cas", Message: e.Message, Hint: "list the CAs with `trustflow ca list`, or add the one that issues the server's certificate with `trustflow ca add`", Op: "probe", Err: err}
 			}
 			return nil, fmt.Errorf("probe: load CAs: %w", err)
 		}
@@ -257,14 +240,12 @@ func (p *Prober) resolve(ctx context.Context, req Request) (*target, error) {
 	if req.Identity != "" {
 		t.active, err = p.trust.Active(ctx, req.Identity)
 		if err != nil {
-			var nf *truststore.NotFoundError
-			var conflict *truststore.ConflictError
-			switch {
-			case errors.As(err, &nf):
-				return nil, &InputError{Field: "identity", Code: "not_found", Message: fmt.Sprintf("identity %q does not exist", req.Identity),
-					Hint: "list the identities with `trustflow identity list`", Err: err}
-			case errors.As(err, &conflict):
-				return nil, &InputError{Field: "identity", Code: conflict.Code, Message: conflict.Message, Hint: conflict.Hint, Err: err}
+			e, _ := errs.As(err)
+			switch errs.KindOf(err) {
+			case errs.NotFound:
+				return nil, &errs.Error{Kind: errs.Invalid, Code: "not_found", Field: "identity", Message: fmt.Sprintf("identity %q does not exist", req.Identity), Hint: "list the identities with `trustflow identity list`", Op: "probe", Err: err}
+			case errs.Conflict:
+				return nil, &errs.Error{Kind: errs.Invalid, Code: e.Code, Field: "identity", Message: e.Message, Hint: e.Hint, Op: "probe", Err: err}
 			}
 			return nil, fmt.Errorf("probe: load identity %q: %w", req.Identity, err)
 		}
@@ -277,7 +258,7 @@ func (p *Prober) resolve(ctx context.Context, req Request) (*target, error) {
 func parseURL(raw string) (*url.URL, error) {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
-		return nil, &InputError{Field: "url", Code: "required", Message: "no URL was given", Hint: "give the endpoint to probe, e.g. https://api.example.org"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "required", Field: "url", Message: "no URL was given", Hint: "give the endpoint to probe, e.g. https://api.example.org", Op: "probe"}
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -287,22 +268,20 @@ func parseURL(raw string) (*url.URL, error) {
 		if errors.As(err, &ue) {
 			msg = ue.Err.Error()
 		}
-		return nil, &InputError{Field: "url", Code: "invalid_url", Message: "not a valid URL: " + msg, Hint: "give an absolute URL such as https://api.example.org:8443"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_url", Field: "url", Message: "not a valid URL: " + msg, Hint: "give an absolute URL such as https://api.example.org:8443", Op: "probe"}
 	}
 	if u.User != nil {
-		return nil, &InputError{Field: "url", Code: "credentials_in_url", Message: "the URL carries credentials (user:password@)",
-			Hint: "remove them: the probe sends no credentials besides the identity's certificate"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "credentials_in_url", Field: "url", Message: "the URL carries credentials (user:password@)", Hint: "remove them: the probe sends no credentials besides the identity's certificate", Op: "probe"}
 	}
 	if u.Scheme != "https" {
-		return nil, &InputError{Field: "url", Code: "not_https", Message: fmt.Sprintf("%q is not an https:// URL", u.Redacted()),
-			Hint: "the probe checks the endpoint's TLS: give its https:// URL"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "not_https", Field: "url", Message: fmt.Sprintf("%q is not an https:// URL", u.Redacted()), Hint: "the probe checks the endpoint's TLS: give its https:// URL", Op: "probe"}
 	}
 	if u.Hostname() == "" {
-		return nil, &InputError{Field: "url", Code: "invalid_url", Message: fmt.Sprintf("%q has no host", u.Redacted()), Hint: "give an absolute URL such as https://api.example.org:8443"}
+		return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_url", Field: "url", Message: fmt.Sprintf("%q has no host", u.Redacted()), Hint: "give an absolute URL such as https://api.example.org:8443", Op: "probe"}
 	}
 	if port := u.Port(); port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return nil, &InputError{Field: "url", Code: "invalid_url", Message: fmt.Sprintf("port %q is not between 1 and 65535", port), Hint: "give the endpoint's TCP port, or none for 443"}
+			return nil, &errs.Error{Kind: errs.Invalid, Code: "invalid_url", Field: "url", Message: fmt.Sprintf("port %q is not between 1 and 65535", port), Hint: "give the endpoint's TCP port, or none for 443", Op: "probe"}
 		}
 	}
 	return &url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}, nil

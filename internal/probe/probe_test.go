@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/audit"
@@ -430,9 +432,9 @@ func TestServerChainProblems(t *testing.T) {
 	}
 }
 
-func pkiError(t *testing.T, err error, code string) *pki.Error {
+func pkiError(t *testing.T, err error, code string) *errs.Error {
 	t.Helper()
-	var pe *pki.Error
+	var pe *errs.Error
 	require.ErrorAs(t, err, &pe)
 	require.Equal(t, code, pe.Code, pe.Message)
 	return pe
@@ -551,7 +553,7 @@ func TestBadInput(t *testing.T) {
 		{probe.Request{URL: "https://127.0.0.1/", Timeout: time.Minute}, "timeout", "invalid_timeout", "1m0s is not between 0 and 30s"},
 	} {
 		_, err := e.prober.Probe(ctx, admin, tc.req)
-		var in *probe.InputError
+		var in *errs.Error
 		require.ErrorAs(t, err, &in, "%+v", tc.req)
 		require.Equal(t, []string{tc.field, tc.code, tc.message}, []string{in.Field, in.Code, in.Message}, "%+v", tc.req)
 		require.NotEmpty(t, in.Hint)

@@ -18,14 +18,17 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Sentinel errors callers test with errors.Is.
 var (
-	// ErrNotFound means the row asked for does not exist.
-	ErrNotFound = errors.New("store: not found")
+	// ErrNotFound means the row asked for does not exist. It is an
+	// errs.NotFound error, so every not-found error matches it.
+	ErrNotFound error = errs.E(errs.NotFound, "not_found", "the resource does not exist", "check the name or id")
 	// ErrConflict means a uniqueness or reference constraint refused the change.
-	ErrConflict = errors.New("store: conflict")
+	ErrConflict error = errs.E(errs.Conflict, "conflict", "the change conflicts with the current state", "reload the resource and try again")
 )
 
 // Dialect names a database engine.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
 )
@@ -72,10 +73,9 @@ func (s *Service) loadActive(ctx context.Context, name string, now time.Time) (A
 	ident, v, err := s.store.ActiveIdentity(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		if _, gerr := s.store.IdentityByName(ctx, name); gerr == nil {
-			return ActiveCertificate{}, &ConflictError{Code: "no_active_version", Message: fmt.Sprintf("identity %q has no active version", name),
-				Hint: "install its certificate (`trustflow identity install-cert`) or activate a version (`trustflow identity activate`)"}
+			return ActiveCertificate{}, &errs.Error{Kind: errs.Conflict, Code: "no_active_version", Message: fmt.Sprintf("identity %q has no active version", name), Hint: "install its certificate (`trustflow identity install-cert`) or activate a version (`trustflow identity activate`)", Op: "truststore"}
 		}
-		return ActiveCertificate{}, &NotFoundError{Kind: "identity", Name: name}
+		return ActiveCertificate{}, notFound("identity", name)
 	} else if err != nil {
 		return ActiveCertificate{}, err
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
@@ -76,7 +78,7 @@ func (s *Service) parseBundle(req CARequest) ([]*x509.Certificate, error) {
 
 // addHint appends more advice to a pki error's hint.
 func addHint(err error, more string) error {
-	var pe *pki.Error
+	var pe *errs.Error
 	if errors.As(err, &pe) {
 		cp := *pe
 		if cp.Hint != "" {
@@ -136,8 +138,7 @@ func (s *Service) AddCA(ctx context.Context, actor audit.Actor, req CARequest) (
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertCA(ctx, row); err != nil {
 			if errors.Is(err, store.ErrConflict) {
-				return &ConflictError{Code: "already_exists", Message: fmt.Sprintf("a CA named %q already exists", req.Name),
-					Hint: "choose another name, or replace its certificates with `trustflow ca update " + req.Name + " --file F`"}
+				return &errs.Error{Kind: errs.Conflict, Code: "already_exists", Message: fmt.Sprintf("a CA named %q already exists", req.Name), Hint: "choose another name, or replace its certificates with `trustflow ca update " + req.Name + " --file F`", Op: "truststore"}
 			}
 			return err
 		}
@@ -165,7 +166,7 @@ func (s *Service) UpdateCA(ctx context.Context, actor audit.Actor, req CARequest
 	err = s.store.InTx(ctx, func(tx *store.Tx) error {
 		old, err := tx.CAByName(ctx, req.Name)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Kind: "CA", Name: req.Name}
+			return notFound("CA", req.Name)
 		} else if err != nil {
 			return err
 		}
@@ -202,7 +203,7 @@ func (s *Service) RemoveCA(ctx context.Context, actor audit.Actor, name string) 
 	return s.store.InTx(ctx, func(tx *store.Tx) error {
 		c, err := tx.CAByName(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Kind: "CA", Name: name}
+			return notFound("CA", name)
 		} else if err != nil {
 			return err
 		}
@@ -211,9 +212,7 @@ func (s *Service) RemoveCA(ctx context.Context, actor audit.Actor, name string) 
 			return err
 		}
 		if len(users) > 0 {
-			return &ConflictError{Code: "in_use", UsedBy: users,
-				Message: fmt.Sprintf("CA %q is still used by connectors: %s", name, strings.Join(users, ", ")),
-				Hint:    "remove it from those connectors first (`trustflow connector update NAME`), then remove the CA"}
+			return &errs.Error{Kind: errs.Conflict, Code: "in_use", Message: fmt.Sprintf("CA %q is still used by connectors: %s", name, strings.Join(users, ", ")), Hint: "remove it from those connectors first (`trustflow connector update NAME`), then remove the CA", UsedBy: users, Op: "truststore"}
 		}
 		if err := tx.DeleteCA(ctx, c.ID); err != nil {
 			return err
@@ -229,7 +228,7 @@ func (s *Service) RemoveCA(ctx context.Context, actor audit.Actor, name string) 
 func (s *Service) GetCA(ctx context.Context, name string) (CA, error) {
 	c, err := s.store.CAByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return CA{}, &NotFoundError{Kind: "CA", Name: name}
+		return CA{}, notFound("CA", name)
 	} else if err != nil {
 		return CA{}, err
 	}
@@ -256,7 +255,7 @@ func (s *Service) ListCAs(ctx context.Context) ([]CA, error) {
 // Anchors returns the certificates of the named CA bundles, for
 // verification on every handshake. Bundles are cached; a local change is
 // seen at once, another node's within RevalidateAfter. An unknown name is a
-// *NotFoundError.
+// NotFound *errs.Error naming it.
 func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	now := s.clock.Now()
@@ -271,7 +270,7 @@ func (s *Service) Anchors(ctx context.Context, names ...string) ([]*x509.Certifi
 		gen := s.gen.Load()
 		c, err := s.store.CAByName(ctx, n)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, &NotFoundError{Kind: "CA", Name: n}
+			return nil, notFound("CA", n)
 		} else if err != nil {
 			return nil, err
 		}
@@ -339,9 +338,8 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (Verification, 
 	}
 	roots, err := s.Anchors(ctx, req.CA...)
 	if err != nil {
-		var nf *NotFoundError
-		if errors.As(err, &nf) {
-			return Verification{}, invalid("ca", "unknown_ca", fmt.Sprintf("there is no CA named %q", nf.Name), "list the CAs with `trustflow ca list`")
+		if e, ok := errs.As(err); ok && e.Kind == errs.NotFound {
+			return Verification{}, invalid("ca", "unknown_ca", e.Message, "list the CAs with `trustflow ca list`")
 		}
 		return Verification{}, err
 	}
@@ -352,7 +350,7 @@ func (s *Service) Verify(ctx context.Context, req VerifyRequest) (Verification, 
 	res, err := pki.Verify(leaf, pki.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: req.Name, Time: at, Purpose: purpose})
 	out := Verification{Leaf: pki.Info(leaf)}
 	if err != nil {
-		var pe *pki.Error
+		var pe *errs.Error
 		if !errors.As(err, &pe) {
 			return Verification{}, err
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/smallstep/pkcs7"
 	"github.com/stretchr/testify/require"
 
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
@@ -393,7 +394,7 @@ func TestVerify(t *testing.T) {
 			requireInputError(t, err, "required", "leaf")
 			_, err = e.svc.Verify(ctx, truststore.VerifyRequest{CA: []string{"corp", "nope"}, Leaf: server.ChainPEM()})
 			ie := requireInputError(t, err, "unknown_ca", "ca")
-			require.Equal(t, `there is no CA named "nope"`, ie.Message)
+			require.Equal(t, `CA "nope" does not exist`, ie.Message)
 			_, err = e.svc.Verify(ctx, truststore.VerifyRequest{CA: []string{"corp"}, Leaf: []byte("junk")})
 			requireInputError(t, err, "malformed_pem", "leaf")
 			_, err = e.svc.Verify(ctx, truststore.VerifyRequest{CA: []string{"corp"}, Leaf: server.CertPEM(), Intermediates: []byte("junk")})
@@ -419,7 +420,7 @@ func TestVerifySeesCAChanges(t *testing.T) {
 		verdict := func(svc *truststore.Service) string {
 			t.Helper()
 			got, err := svc.Verify(ctx, truststore.VerifyRequest{CA: []string{"corp"}, Leaf: server.ChainPEM(), Name: "api.example.test"})
-			var ie *truststore.InputError
+			var ie *errs.Error
 			if errors.As(err, &ie) {
 				return ie.Code
 			}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -107,24 +109,26 @@ func fixtureCert(t testing.TB, name string) *x509.Certificate {
 }
 
 // requireInputError asserts err is an *InputError with code on field.
-func requireInputError(t testing.TB, err error, code, field string) *truststore.InputError {
+func requireInputError(t testing.TB, err error, code, field string) *errs.Error {
 	t.Helper()
 	require.Error(t, err)
-	var e *truststore.InputError
+	var e *errs.Error
 	require.ErrorAs(t, err, &e, "error: %v", err)
 	require.Equal(t, code, e.Code, "error: %v", err)
 	require.Equal(t, field, e.Field, "error: %v", err)
+	require.Equal(t, errs.Invalid, e.Kind, "error: %v", err)
 	require.NotEmpty(t, e.Message)
 	return e
 }
 
 // requireConflict asserts err is a *ConflictError with code.
-func requireConflict(t testing.TB, err error, code string) *truststore.ConflictError {
+func requireConflict(t testing.TB, err error, code string) *errs.Error {
 	t.Helper()
 	require.Error(t, err)
-	var e *truststore.ConflictError
+	var e *errs.Error
 	require.ErrorAs(t, err, &e, "error: %v", err)
 	require.Equal(t, code, e.Code, "error: %v", err)
+	require.Equal(t, errs.Conflict, e.Kind, "error: %v", err)
 	require.NotEmpty(t, e.Message)
 	require.NotEmpty(t, e.Hint)
 	return e
@@ -133,9 +137,11 @@ func requireConflict(t testing.TB, err error, code string) *truststore.ConflictE
 // requireNotFound asserts err is a *NotFoundError for kind and name.
 func requireNotFound(t testing.TB, err error, kind, name string) {
 	t.Helper()
-	var e *truststore.NotFoundError
+	var e *errs.Error
 	require.ErrorAs(t, err, &e, "error: %v", err)
-	require.Equal(t, truststore.NotFoundError{Kind: kind, Name: name}, *e)
+	require.Equal(t, errs.NotFound, e.Kind)
+	require.Equal(t, fmt.Sprintf("%s %q does not exist", kind, name), e.Message)
+	require.NotEmpty(t, e.Hint)
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
 

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
@@ -57,11 +58,10 @@ func (s *Service) tokens() *hsm.Tokens {
 func parseKeyStore(field, v string) (hsm.URI, error) {
 	u, err := hsm.ParseURI(strings.TrimSpace(v))
 	if err != nil {
-		var ue *hsm.URIError
-		if errors.As(err, &ue) {
-			return u, &InputError{Field: field, Code: "invalid_key_store", Message: ue.Message, Hint: ue.Hint, Err: err}
+		if ue, ok := errs.As(err); ok {
+			return u, &errs.Error{Kind: errs.Invalid, Code: "invalid_key_store", Field: field, Message: ue.Message, Hint: ue.Hint, Op: "truststore", Err: err}
 		}
-		return u, &InputError{Field: field, Code: "invalid_key_store", Message: err.Error(), Err: err}
+		return u, &errs.Error{Kind: errs.Invalid, Code: "invalid_key_store", Field: field, Message: err.Error(), Op: "truststore", Err: err}
 	}
 	if u.PinValue != "" {
 		return u, invalid(field, "pin_value_not_stored", "the URI carries a pin-value, which trustflow never stores, so it could not log in to the token again",
@@ -186,9 +186,8 @@ func (s *Service) findTokenKey(ctx context.Context, ref string) (*hsm.Signer, er
 		return nil, err
 	}
 	signer, err := s.tokens().FindSigner(ctx, u)
-	var he *hsm.Error
-	if errors.As(err, &he) && he.Code == hsm.CodeKeyNotFound {
-		return nil, &InputError{Field: "key_ref", Code: hsm.CodeKeyNotFound, Message: he.Message, Hint: he.Hint, Err: err}
+	if he, ok := errs.As(err); ok && he.Code == hsm.CodeKeyNotFound {
+		return nil, &errs.Error{Kind: errs.Invalid, Code: hsm.CodeKeyNotFound, Field: "key_ref", Message: he.Message, Hint: he.Hint, Op: "truststore", Err: err}
 	}
 	return signer, err
 }
@@ -208,7 +207,7 @@ func (s *Service) openTokenKey(ctx context.Context, v store.IdentityVersion) (cr
 
 // TokenKeyError means a version's key, kept in a PKCS#11 token, cannot be
 // used now: the token is missing, its PIN is wrong or locked, or the key is
-// gone. Err is the *hsm.Error that names the token and the fix.
+// gone. Err is the token error that names the token and the fix.
 type TokenKeyError struct {
 	IdentityID string
 	Version    int
@@ -219,14 +218,13 @@ func (e *TokenKeyError) Error() string {
 	return fmt.Sprintf("truststore: the private key of identity version %s/v%d is in a PKCS#11 token that cannot be used now: %v", e.IdentityID, e.Version, e.Err)
 }
 
-// Unwrap returns the cause, an *hsm.Error.
+// Unwrap returns the cause, the token error.
 func (e *TokenKeyError) Unwrap() error { return e.Err }
 
 // hsmReason is the audit reason of a token key that is unavailable.
 func hsmReason(err error) string {
-	var he *hsm.Error
-	if errors.As(err, &he) {
-		return "pkcs11 " + he.Code + " on token " + he.Token
+	if he, ok := errs.As(err); ok {
+		return "pkcs11 " + he.Code + ": " + he.Message
 	}
 	return "pkcs11 token error"
 }

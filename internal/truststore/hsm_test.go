@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/hsm/hsmtest"
 	"github.com/trustflow/trustflow/internal/pki"
@@ -172,7 +174,7 @@ func TestHSMIdentity(t *testing.T) {
 		requireInputError(t, err, "pin_value_not_stored", "key_store")
 		_, _, err = e.svc.Create(ctx, alice, truststore.CreateRequest{Name: "hsm-ecdsa-p384-again",
 			GenerateSpec: truststore.GenerateSpec{Subject: "CN=x", KeyStore: tok.WithObject("tf-ecdsa-p384").KeyRef()}})
-		var he *hsm.Error
+		var he *errs.Error
 		require.ErrorAs(t, err, &he)
 		require.Equal(t, hsm.CodeKeyExists, he.Code)
 	})
@@ -204,11 +206,11 @@ func TestHSMIdentityFailsClosed(t *testing.T) {
 		defer second.Close()
 		svc := e.service(t, e.svc.Keyring(), func(c *truststore.Config) { c.HSM = second })
 		_, err = svc.Active(ctx, "locked-out")
-		var he *hsm.Error
+		var he *errs.Error
 		require.ErrorAs(t, err, &he, "error: %v", err)
 		require.Equal(t, hsm.CodePINIncorrect, he.Code)
-		require.Equal(t, tok.Token, he.Token)
-		require.Contains(t, err.Error(), pinFile)
+		require.Contains(t, he.Message, fmt.Sprintf("PKCS#11 token %q: ", tok.Token))
+		require.Contains(t, he.Hint, pinFile, "the hint says where the PIN is read from")
 		var tke *truststore.TokenKeyError
 		require.ErrorAs(t, err, &tke)
 		lastAudit(t, e.audit, "identity.key_unavailable")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/hsm"
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/store"
@@ -333,8 +334,7 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, req ImportReque
 
 func identityConflict(err error, name string) error {
 	if errors.Is(err, store.ErrConflict) {
-		return &ConflictError{Code: "already_exists", Message: fmt.Sprintf("an identity named %q already exists", name),
-			Hint: "choose another name, or add a version to it with `trustflow identity rotate " + name + "`"}
+		return &errs.Error{Kind: errs.Conflict, Code: "already_exists", Message: fmt.Sprintf("an identity named %q already exists", name), Hint: "choose another name, or add a version to it with `trustflow identity rotate " + name + "`", Op: "truststore"}
 	}
 	return err
 }
@@ -464,7 +464,7 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, req CreateReque
 func lookup(ctx context.Context, tx *store.Tx, name string) (store.Identity, []store.IdentityVersion, error) {
 	ident, err := tx.IdentityByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return ident, nil, &NotFoundError{Kind: "identity", Name: name}
+		return ident, nil, notFound("identity", name)
 	} else if err != nil {
 		return ident, nil, err
 	}
@@ -507,8 +507,7 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 			}
 		}
 		if pending == nil {
-			return &ConflictError{Code: "no_pending_version", Message: fmt.Sprintf("identity %q has no version waiting for a certificate", req.Name),
-				Hint: "generate a key and CSR first with `trustflow identity rotate " + req.Name + " --generate`"}
+			return &errs.Error{Kind: errs.Conflict, Code: "no_pending_version", Message: fmt.Sprintf("identity %q has no version waiting for a certificate", req.Name), Hint: "generate a key and CSR first with `trustflow identity rotate " + req.Name + " --generate`", Op: "truststore"}
 		}
 		key, err := s.openKey(ctx, *pending)
 		if err != nil {
@@ -607,12 +606,10 @@ func (s *Service) Rotate(ctx context.Context, actor audit.Actor, req RotateReque
 		}
 		for _, v := range versions {
 			if req.Generate != nil && v.Status == StatusPending {
-				return &ConflictError{Code: "pending_version", Message: fmt.Sprintf("identity %q already has version %d waiting for its certificate", req.Name, v.Version),
-					Hint: "install its certificate with `trustflow identity install-cert " + req.Name + " --cert F` first"}
+				return &errs.Error{Kind: errs.Conflict, Code: "pending_version", Message: fmt.Sprintf("identity %q already has version %d waiting for its certificate", req.Name, v.Version), Hint: "install its certificate with `trustflow identity install-cert " + req.Name + " --cert F` first", Op: "truststore"}
 			}
 			if req.Generate == nil && v.Fingerprint != "" && v.Fingerprint == pki.FingerprintSHA256(p.leaf) {
-				return &ConflictError{Code: "already_present", Message: fmt.Sprintf("this certificate is already version %d of %q", v.Version, req.Name),
-					Hint: "to make it active again use `trustflow identity activate " + req.Name + fmt.Sprintf(" --version %d`", v.Version)}
+				return &errs.Error{Kind: errs.Conflict, Code: "already_present", Message: fmt.Sprintf("this certificate is already version %d of %q", v.Version, req.Name), Hint: "to make it active again use `trustflow identity activate " + req.Name + fmt.Sprintf(" --version %d`", v.Version), Op: "truststore"}
 			}
 		}
 		next, err := tx.NextIdentityVersion(ctx, ident.ID)
@@ -700,16 +697,14 @@ func (s *Service) Activate(ctx context.Context, actor audit.Actor, name string, 
 		}
 		switch {
 		case target == nil:
-			return &NotFoundError{Kind: "identity version", Name: fmt.Sprintf("%s v%d", name, version)}
+			return notFound("identity version", fmt.Sprintf("%s v%d", name, version))
 		case target.Status == StatusActive:
-			return &ConflictError{Code: "already_active", Message: fmt.Sprintf("version %d of %q is already active", version, name), Hint: "nothing to do"}
+			return &errs.Error{Kind: errs.Conflict, Code: "already_active", Message: fmt.Sprintf("version %d of %q is already active", version, name), Hint: "nothing to do", Op: "truststore"}
 		case target.Status == StatusPending:
-			return &ConflictError{Code: "pending_version", Message: fmt.Sprintf("version %d of %q has no certificate yet", version, name),
-				Hint: "install its certificate with `trustflow identity install-cert " + name + " --cert F`"}
+			return &errs.Error{Kind: errs.Conflict, Code: "pending_version", Message: fmt.Sprintf("version %d of %q has no certificate yet", version, name), Hint: "install its certificate with `trustflow identity install-cert " + name + " --cert F`", Op: "truststore"}
 		}
 		if target.NotAfter != nil && !s.clock.Now().Before(*target.NotAfter) {
-			return &ConflictError{Code: "expired", Message: fmt.Sprintf("version %d of %q expired on %s", version, name, target.NotAfter.Format(time.RFC3339)),
-				Hint: "activate a version that is still valid, or rotate in a new certificate"}
+			return &errs.Error{Kind: errs.Conflict, Code: "expired", Message: fmt.Sprintf("version %d of %q expired on %s", version, name, target.NotAfter.Format(time.RFC3339)), Hint: "activate a version that is still valid, or rotate in a new certificate", Op: "truststore"}
 		}
 		if err := tx.ActivateVersion(ctx, ident.ID, version, s.now()); err != nil {
 			return err
@@ -773,9 +768,7 @@ func (s *Service) Remove(ctx context.Context, actor audit.Actor, name string) er
 			return err
 		}
 		if len(users) > 0 {
-			return &ConflictError{Code: "in_use", UsedBy: users,
-				Message: fmt.Sprintf("identity %q is still used by connectors: %s", name, strings.Join(users, ", ")),
-				Hint:    "point those connectors at another identity first (`trustflow connector update NAME --identity OTHER`)"}
+			return &errs.Error{Kind: errs.Conflict, Code: "in_use", Message: fmt.Sprintf("identity %q is still used by connectors: %s", name, strings.Join(users, ", ")), Hint: "point those connectors at another identity first (`trustflow connector update NAME --identity OTHER`)", UsedBy: users, Op: "truststore"}
 		}
 		if err := tx.DeleteIdentity(ctx, ident.ID); err != nil {
 			return err
@@ -808,7 +801,7 @@ func (s *Service) viewTx(ctx context.Context, tx *store.Tx, name string) (Identi
 func (s *Service) Get(ctx context.Context, name string) (Identity, error) {
 	ident, err := s.store.IdentityByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return Identity{}, &NotFoundError{Kind: "identity", Name: name}
+		return Identity{}, notFound("identity", name)
 	} else if err != nil {
 		return Identity{}, err
 	}
@@ -855,34 +848,34 @@ func (s *Service) openKey(ctx context.Context, v store.IdentityVersion) (crypto.
 	}
 	der, err := s.keyring.Load().Open(v.SealedKey, aad(v.IdentityID, v.Version))
 	if err != nil {
-		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: err}
+		return nil, keyUnavailable(v.IdentityID, v.Version, err)
 	}
 	defer clear(der)
 	parsed, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
-		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: err}
+		return nil, keyUnavailable(v.IdentityID, v.Version, err)
 	}
 	key, ok := parsed.(crypto.Signer)
 	if !ok {
-		return nil, &KeyUnavailableError{IdentityID: v.IdentityID, Version: v.Version, Err: fmt.Errorf("key type %T cannot sign", parsed)}
+		return nil, keyUnavailable(v.IdentityID, v.Version, fmt.Errorf("key type %T cannot sign", parsed))
 	}
 	return key, nil
 }
 
-// KeyUnavailableError means a sealed key could not be opened: the blob was
-// altered, or the key-encryption key in use is not the one that sealed it.
-type KeyUnavailableError struct {
-	IdentityID string
-	Version    int
-	Err        error
-}
+// CodeKeyUnavailable is the code of a sealed key that could not be opened:
+// the blob was altered, or the key-encryption key in use is not the one that
+// sealed it.
+const CodeKeyUnavailable = "key_unavailable"
 
-func (e *KeyUnavailableError) Error() string {
-	return fmt.Sprintf("truststore: the private key of identity version %s/v%d cannot be unsealed (the stored key was altered, or this server has a different key-encryption key): %v", e.IdentityID, e.Version, e.Err)
+// keyUnavailable is the error of identity version id/vN whose sealed key
+// does not open. It is Internal (the server, not the caller, must act) but
+// its message is safe to show.
+func keyUnavailable(identityID string, version int, cause error) *errs.Error {
+	return &errs.Error{Kind: errs.Internal, Code: CodeKeyUnavailable,
+		Message: "the identity's private key cannot be unsealed: the stored key was altered, or this server has a different key-encryption key",
+		Hint:    "check that --kek is the key this database was sealed with; restore the identity from a backup or rotate in a new one",
+		Op:      fmt.Sprintf("truststore: identity version %s/v%d", identityID, version), Err: cause}
 }
-
-// Unwrap returns the cause.
-func (e *KeyUnavailableError) Unwrap() error { return e.Err }
 
 // rotated is the payload of identity.rotated.
 func rotated(name string, v store.IdentityVersion, previous int) map[string]any {

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -149,7 +150,7 @@ func TestNoPrivateKeyMaterialLeaks(t *testing.T) {
 			_, err := e.svc.Import(ctx, alice, req)
 			require.Error(t, err)
 			failures = append(failures, err.Error())
-			var ie *truststore.InputError
+			var ie *errs.Error
 			require.ErrorAs(t, err, &ie)
 			failures = append(failures, ie.Message, ie.Hint)
 		}

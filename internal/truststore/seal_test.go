@@ -4,27 +4,29 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
-// requireKeyUnavailable asserts err is a *KeyUnavailableError for the
+// requireKeyUnavailable asserts err is a key_unavailable error for the
 // identity version whose cause matches want.
 func requireKeyUnavailable(t testing.TB, err error, identityID string, version int, want error) {
 	t.Helper()
-	var ku *truststore.KeyUnavailableError
+	var ku *errs.Error
 	require.ErrorAs(t, err, &ku, "error: %v", err)
-	require.Equal(t, identityID, ku.IdentityID)
-	require.Equal(t, version, ku.Version)
+	require.Equal(t, truststore.CodeKeyUnavailable, ku.Code)
+	require.Equal(t, fmt.Sprintf("truststore: identity version %s/v%d", identityID, version), ku.Op)
 	require.ErrorIs(t, err, want)
-	require.Contains(t, err.Error(), "cannot be unsealed (the stored key was altered, or this server has a different key-encryption key)")
+	require.Contains(t, err.Error(), "cannot be unsealed: the stored key was altered, or this server has a different key-encryption key")
 }
 
 func kekIDs(t testing.TB, st *store.Store) []string {

@@ -17,10 +17,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/hsm"
-	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 )
@@ -145,59 +146,40 @@ func (s *Service) OpenSecret(blob, aad []byte) ([]byte, error) {
 // Keyring returns the keyring currently sealing keys.
 func (s *Service) Keyring() *seal.Keyring { return s.keyring.Load() }
 
-// InputError is a rejected input: it names the request field at fault, and
-// carries pki's code, message and hint when pki found the problem.
-type InputError struct {
-	Field   string
-	Code    string
-	Message string
-	Hint    string
-	Err     error
+// The trust store's failures are *errs.Error values: Invalid naming the
+// request field at fault (with pki's code, message and hint when pki found
+// the problem), Conflict for a change the current state refuses (UsedBy
+// names what still uses a resource), NotFound naming what does not exist.
+
+// notFound says that the kind ("CA", "identity", "identity version") named
+// name does not exist. It matches store.ErrNotFound.
+func notFound(kind, name string) *errs.Error {
+	e := errs.NotFoundNamed(kind, name, notFoundHint(kind))
+	e.Op = "truststore"
+	return e
 }
 
-func (e *InputError) Error() string {
-	return fmt.Sprintf("truststore: %s: %s", e.Field, e.Message)
-}
-
-// Unwrap returns the cause.
-func (e *InputError) Unwrap() error { return e.Err }
-
-// ConflictError is a change refused because of the current state: a name
-// that is taken, a resource still in use, a version in the wrong state.
-type ConflictError struct {
-	Code    string
-	Message string
-	Hint    string
-	// UsedBy names the resources that still use the one being removed.
-	UsedBy []string
-}
-
-func (e *ConflictError) Error() string { return "truststore: " + e.Message }
-
-// NotFoundError names what does not exist.
-type NotFoundError struct {
-	Kind string
-	Name string
-}
-
-func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("truststore: %s %q does not exist", e.Kind, e.Name)
-}
-
-// Unwrap makes errors.Is(err, store.ErrNotFound) hold.
-func (e *NotFoundError) Unwrap() error { return store.ErrNotFound }
-
-// fieldError wraps err (a *pki.Error, usually) as an InputError on field.
-func fieldError(field string, err error) error {
-	var pe *pki.Error
-	if errors.As(err, &pe) {
-		return &InputError{Field: field, Code: pe.Code, Message: pe.Message, Hint: pe.Hint, Err: err}
+func notFoundHint(kind string) string {
+	switch kind {
+	case "CA":
+		return "check the name; list them with `trustflow ca list`"
+	case "identity version":
+		return "check the version; list them with `trustflow identity show NAME`"
 	}
-	return &InputError{Field: field, Code: "invalid_input", Message: err.Error(), Err: err}
+	return "check the name; list them with `trustflow identity list`"
+}
+
+// fieldError makes err (a pki *errs.Error, usually) an Invalid error on
+// field, keeping its code, message and hint.
+func fieldError(field string, err error) error {
+	if pe, ok := errs.As(err); ok {
+		return &errs.Error{Kind: errs.Invalid, Code: pe.Code, Field: field, Message: pe.Message, Hint: pe.Hint, Op: "truststore", Err: err}
+	}
+	return &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Field: field, Message: err.Error(), Op: "truststore", Err: err}
 }
 
 func invalid(field, code, msg, hint string) error {
-	return &InputError{Field: field, Code: code, Message: msg, Hint: hint}
+	return &errs.Error{Kind: errs.Invalid, Code: code, Field: field, Message: msg, Hint: hint, Op: "truststore"}
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

@@ -16,6 +16,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore/truststoretest"
@@ -145,8 +146,9 @@ func TestConnectorEditPage(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	require.Equal(t, "/ui/connectors", resp.Header.Get("Location"))
 	_, err = e.connectors.Get(ctx, "api")
-	var nf *connector.NotFoundError
+	var nf *errs.Error
 	require.ErrorAs(t, err, &nf)
+	require.Equal(t, errs.NotFound, nf.Kind)
 	rec = e.lastAudit(t, "connector.remove")
 	require.Equal(t, "connector/api", rec.Target)
 	require.Equal(t, e.adminP.TokenID, rec.Actor.ID)

@@ -13,12 +13,9 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/auth"
-	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
-	"github.com/trustflow/trustflow/internal/probe"
-	"github.com/trustflow/trustflow/internal/store"
-	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // view is what every page template receives.
@@ -207,57 +204,70 @@ type formError struct {
 	Problems []flow.Problem
 }
 
+// kindStatus is the console's one table from an error's Kind to the page's
+// status; it agrees with the API's.
+var kindStatus = map[errs.Kind]int{
+	errs.Invalid:         http.StatusBadRequest,
+	errs.NotFound:        http.StatusNotFound,
+	errs.Conflict:        http.StatusConflict,
+	errs.Unauthenticated: http.StatusUnauthorized,
+	errs.Forbidden:       http.StatusForbidden,
+	errs.TooLarge:        http.StatusRequestEntityTooLarge,
+	errs.Limit:           http.StatusTooManyRequests,
+	errs.RateLimited:     http.StatusTooManyRequests,
+	errs.Unavailable:     http.StatusServiceUnavailable,
+	errs.Upstream:        http.StatusBadGateway,
+}
+
 func (c *Console) formError(r *http.Request, err error) *formError {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return &formError{Status: http.StatusRequestEntityTooLarge, Message: fmt.Sprintf("the form is larger than %d bytes", tooBig.Limit), Hint: "upload a smaller file"}
+	}
+	err = publicEngineError(err)
+	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || e.Code != "") {
+		status, ok := kindStatus[e.Kind]
+		if !ok {
+			c.log.Error("console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			status = http.StatusInternalServerError
+		}
+		fe := &formError{Status: status, Field: e.Field, Message: e.Public(), Hint: e.Hint}
+		for _, p := range e.Problems {
+			fe.Problems = append(fe.Problems, flow.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
+		}
+		return fe
+	}
+	c.log.Error("console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return &formError{Status: http.StatusInternalServerError, Message: "internal error", Hint: "the server log has the details"}
+}
+
+// publicEngineError gives the engine's errors their public form.
+func publicEngineError(err error) error {
 	var (
-		tsIn   *truststore.InputError
-		tsConf *truststore.ConflictError
-		tsNF   *truststore.NotFoundError
-		cIn    *connector.InputError
-		cConf  *connector.ConflictError
-		cNF    *connector.NotFoundError
 		eApply *engine.ApplyError
 		eIn    *engine.InputError
 		eConf  *engine.ConflictError
 		eNF    *engine.NotFoundError
-		aIn    *auth.InvalidError
-		pIn    *probe.InputError
-		tooBig *http.MaxBytesError
 	)
 	switch {
-	// A probe's input error wraps the trust store's error it stems from.
-	case errors.As(err, &pIn):
-		return &formError{Status: http.StatusBadRequest, Field: pIn.Field, Message: pIn.Field + ": " + pIn.Message, Hint: pIn.Hint}
-	case errors.As(err, &tsIn):
-		return &formError{Status: http.StatusBadRequest, Field: tsIn.Field, Message: tsIn.Field + ": " + tsIn.Message, Hint: tsIn.Hint}
-	case errors.As(err, &tsConf):
-		return &formError{Status: http.StatusConflict, Message: tsConf.Message, Hint: tsConf.Hint}
-	case errors.As(err, &tsNF):
-		return &formError{Status: http.StatusNotFound, Message: fmt.Sprintf("%s %q does not exist", tsNF.Kind, tsNF.Name), Hint: "check the name"}
-	case errors.As(err, &cIn):
-		return &formError{Status: http.StatusBadRequest, Field: cIn.Field, Message: cIn.Field + ": " + cIn.Message, Hint: cIn.Hint}
-	case errors.As(err, &cConf):
-		return &formError{Status: http.StatusConflict, Message: cConf.Message, Hint: cConf.Hint}
-	case errors.As(err, &cNF):
-		return &formError{Status: http.StatusNotFound, Message: fmt.Sprintf("connector %q does not exist", cNF.Name), Hint: "check the name"}
 	case errors.As(err, &eApply):
-		return &formError{Status: http.StatusUnprocessableEntity, Message: "the flow document has problems; nothing was stored", Problems: eApply.Problems}
+		return &errs.Error{Kind: errs.Invalid, Code: "invalid_flow", Message: "the flow document has problems; nothing was stored", Problems: problemsOf(eApply.Problems), Err: err}
 	case errors.As(err, &eIn):
-		return &formError{Status: http.StatusUnprocessableEntity, Message: "the run input does not match the flow's inputs", Problems: eIn.Problems}
+		return &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Message: "the run input does not match the flow's inputs", Problems: problemsOf(eIn.Problems), Err: err}
 	case errors.As(err, &eConf):
-		return &formError{Status: http.StatusConflict, Message: eConf.Message, Hint: eConf.Hint}
+		return &errs.Error{Kind: errs.Conflict, Code: eConf.Code, Message: eConf.Message, Hint: eConf.Hint, Err: err}
 	case errors.As(err, &eNF):
-		return &formError{Status: http.StatusNotFound, Message: fmt.Sprintf("%s %q does not exist", eNF.Kind, eNF.Name), Hint: "check the name or id"}
-	case errors.As(err, &aIn):
-		return &formError{Status: http.StatusBadRequest, Field: aIn.Field, Message: aIn.Field + ": " + aIn.Msg, Hint: aIn.Hint}
-	case errors.As(err, &tooBig):
-		return &formError{Status: http.StatusRequestEntityTooLarge, Message: fmt.Sprintf("the form is larger than %d bytes", tooBig.Limit), Hint: "upload a smaller file"}
-	case errors.Is(err, store.ErrNotFound):
-		return &formError{Status: http.StatusNotFound, Message: "it does not exist", Hint: "check the name or id"}
-	case errors.Is(err, store.ErrConflict):
-		return &formError{Status: http.StatusConflict, Message: "the change conflicts with the current state", Hint: "reload the page and try again"}
+		return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", eNF.Kind, eNF.Name), Hint: "check the name or id", Err: err}
 	}
-	c.log.Error("console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	return &formError{Status: http.StatusInternalServerError, Message: "internal error", Hint: "the server log has the details"}
+	return err
+}
+
+func problemsOf(ps []flow.Problem) []errs.Problem {
+	out := make([]errs.Problem, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, errs.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
+	}
+	return out
 }
 
 // seeOther redirects after a successful change, leaving msg for the next

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/errs"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/pki"
@@ -18,7 +20,7 @@ import (
 
 func requireCode(t *testing.T, err error, code string) {
 	t.Helper()
-	var e *pki.Error
+	var e *errs.Error
 	require.ErrorAs(t, err, &e)
 	require.Equal(t, code, e.Code, "error: %v", err)
 }
