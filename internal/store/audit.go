@@ -194,7 +194,9 @@ type AuditKey struct {
 }
 
 // AuditKeys lists the recorded audit keys, oldest first.
-func (s *Store) AuditKeys(ctx context.Context) ([]AuditKey, error) { return queryAuditKeys(ctx, s.read) }
+func (s *Store) AuditKeys(ctx context.Context) ([]AuditKey, error) {
+	return queryAuditKeys(ctx, s.read)
+}
 
 // AuditKeys lists the recorded audit keys inside the transaction.
 func (t *Tx) AuditKeys(ctx context.Context) ([]AuditKey, error) { return queryAuditKeys(ctx, t.tx) }
