@@ -99,8 +99,8 @@ type Identities struct {
 func Default() Document {
 	return Document{
 		APIVersion: APIVersion, Kind: Kind,
-		Egress: Egress{Default: DefaultAllow, Allow: []Rule{}},
-		TLS: TLS{MinVersion: "1.2", AllowSystemRoots: true, AllowPlaintext: true, AllowNoClientAuthRequest: true},
+		Egress:     Egress{Default: DefaultAllow, Allow: []Rule{}},
+		TLS:        TLS{MinVersion: "1.2", AllowSystemRoots: true, AllowPlaintext: true, AllowNoClientAuthRequest: true},
 		Identities: Identities{MinRSABits: 2048, MinECBits: 256},
 	}
 }
