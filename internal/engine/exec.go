@@ -322,6 +322,8 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 		cp.Output = encode(map[string]any{"truncated": true, "size": len(cp.Output), "preview": cp.Output[:64<<10]})
 	}
 	stored := cp
+	// A state read back sealed names its KEK; stored in clear, it names none.
+	stored.StateKEKID = ""
 	if x.redact(cp.State) != cp.State {
 		// The state (a foreach's items, say) holds a secret input, and a
 		// resumed run needs it whole: it is stored sealed, not redacted.
