@@ -333,3 +333,5 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -211,6 +211,42 @@ var seeds = []seed{
 			require.Equal(t, store.ConsoleSession{IDHash: "sess_fwd", TokenID: "tok_fwd", CreatedAt: fwdTime, ExpiresAt: fwdTime.Add(8 * time.Hour),
 				LastSeen: fwdTime.Add(time.Minute), Flash: "CA added."}, s)
 		}},
+	{version: 10, what: "a remembered webhook signature, a delivery and a previous webhook secret",
+		insert: func(t *testing.T, db *sql.DB) {
+			execAll(t, db,
+				q("INSERT INTO webhook_replays (flow_name, mac, expires_at) VALUES ($1, $2, $3)", "greet", "ab12", fwdMicros(5*time.Minute)),
+				q("INSERT INTO webhook_deliveries (flow_name, delivery_id, run_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+					"greet", "evt-fwd", "run_fwd", fwdMicros(0), fwdMicros(24*time.Hour)),
+				q("UPDATE flows SET webhook_secret_previous = $1, webhook_secret_previous_kek_id = $2, webhook_secret_previous_until = $3 WHERE name = $4",
+					[]byte{0x05}, "kek_fwd", fwdMicros(time.Hour), "greet"))
+		},
+		check: func(t *testing.T, st *store.Store) {
+			ctx := context.Background()
+			k, err := st.WebhookKeys(ctx, "greet")
+			require.NoError(t, err)
+			require.Equal(t, store.WebhookKeys{Flow: "greet", TriggerKind: "manual", Previous: []byte{0x05}, PreviousKEKID: "kek_fwd", PreviousUntil: fwdTime.Add(time.Hour)}, k)
+			require.NoError(t, st.InTx(ctx, func(tx *store.Tx) error {
+				fresh, err := tx.MarkWebhookSignatures(ctx, "greet", []string{"ab12"}, fwdTime.Add(5*time.Minute))
+				require.False(t, fresh, "the signature is remembered")
+				if err != nil {
+					return err
+				}
+				claimed, run, err := tx.ClaimWebhookDelivery(ctx, "greet", "evt-fwd", fwdTime.Add(time.Hour), fwdTime.Add(25*time.Hour))
+				require.False(t, claimed)
+				require.Equal(t, "run_fwd", run)
+				return err
+			}))
+		}},
+	{version: 11, what: "an egress and TLS policy",
+		insert: func(t *testing.T, db *sql.DB) {
+			execAll(t, db, q("INSERT INTO policy (id, document, revision, updated_at, updated_by) VALUES (1, $1, 3, $2, $3)",
+				`{"apiVersion":"trustflow/v1","kind":"Policy"}`, fwdMicros(0), "admin"))
+		},
+		check: func(t *testing.T, st *store.Store) {
+			p, err := st.Policy(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, store.PolicyRecord{Document: []byte(`{"apiVersion":"trustflow/v1","kind":"Policy"}`), Revision: 3, UpdatedAt: fwdTime, UpdatedBy: "admin"}, p)
+		}},
 }
 
 // TestMigrateForwardFromEveryRelease builds, for each earlier schema k, a
