@@ -29,9 +29,22 @@ const (
 	// MemoryLimit bounds the values one evaluation builds, in CEL's aggregate
 	// element counts. An expression that exceeds it fails.
 	MemoryLimit = 4_000_000
+	// MaxResultBytes bounds what one evaluation produces: its result
+	// (counted as its text: strings and map keys, plus one byte per
+	// element, roughly its JSON size), json.encode's text, and the string
+	// replace() or join() would build. Over it, the expression fails.
+	MaxResultBytes = 4 << 20
 	// interruptEvery is how many comprehension iterations run between checks
 	// of the caller's context.
 	interruptEvery = 100
+	// maxSizedDepth is how deep the memory tracker follows a value the
+	// expression built before it counts it as over the limit; CEL's default
+	// (5) refused lists of call results.
+	maxSizedDepth = 512
+	// sampleEvery is how many iterations of a comprehension pass between
+	// two sizings of the value it builds (sizing each one would make
+	// map() over n items cost n²).
+	sampleEvery = 64
 )
 
 // Names of the CEL object types behind input, run and error.
@@ -77,7 +90,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 				cel.UnaryBinding(func(v ref.Val) ref.Val {
 					out, err := toJSONLike(v)
 					if err != nil {
-						return types.NewErr("json.encode: %v", err)
+						return types.WrapErr(fmt.Errorf("json.encode: %w", err))
 					}
 					return types.String(Text(out))
 				}))),
@@ -90,6 +103,24 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					}
 					return types.DefaultTypeAdapter.NativeToValue(out)
 				}))),
+		// replace() and join() can build a string far larger than what
+		// they read ('aaa'.replace('a', s) is three times s; CEL charges
+		// the result's size after building it): these bindings refuse
+		// a result over MaxResultBytes before allocating it.
+		cel.Function("replace",
+			cel.MemberOverload("string_replace_string_string", []*cel.Type{cel.StringType, cel.StringType, cel.StringType}, cel.StringType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					return boundedReplace(args[0], args[1], args[2], types.Int(-1))
+				})),
+			cel.MemberOverload("string_replace_string_string_int", []*cel.Type{cel.StringType, cel.StringType, cel.StringType, cel.IntType}, cel.StringType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					return boundedReplace(args[0], args[1], args[2], args[3])
+				}))),
+		cel.Function("join",
+			cel.MemberOverload("list_join", []*cel.Type{cel.ListType(cel.StringType)}, cel.StringType,
+				cel.UnaryBinding(func(list ref.Val) ref.Val { return boundedJoin(list, types.String("")) })),
+			cel.MemberOverload("list_join_string", []*cel.Type{cel.ListType(cel.StringType), cel.StringType}, cel.StringType,
+				cel.BinaryBinding(boundedJoin))),
 		cel.Function("now", cel.Overload("now", nil, cel.TimestampType, cel.LateFunctionBinding())),
 		cel.Function("uuid", cel.Overload("uuid", nil, cel.StringType, cel.LateFunctionBinding())),
 		cel.CostModel(
@@ -101,6 +132,63 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 		),
 	)
 })
+
+// tooLong is the error of a function whose result would be over
+// MaxResultBytes.
+func tooLong(fn string, n int64) ref.Val {
+	return types.WrapErr(fmt.Errorf("%w: %s would build a string of %d bytes (limit expression_result: %d)", ErrResultLimit, fn, n, MaxResultBytes))
+}
+
+// boundedReplace is the strings extension's replace, refusing a result over
+// MaxResultBytes before it is built.
+func boundedReplace(str, old, repl, limit ref.Val) ref.Val {
+	s, ok1 := str.(types.String)
+	o, ok2 := old.(types.String)
+	r, ok3 := repl.(types.String)
+	n, ok4 := limit.(types.Int)
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return types.NoSuchOverloadErr()
+	}
+	count := int64(strings.Count(string(s), string(o)))
+	if n >= 0 && int64(n) < count {
+		count = int64(n)
+	}
+	if size := int64(len(s)) + count*(int64(len(r))-int64(len(o))); size > MaxResultBytes {
+		return tooLong("replace", size)
+	}
+	return types.String(strings.Replace(string(s), string(o), string(r), int(max(n, -1))))
+}
+
+// boundedJoin is the strings extension's join, refusing a result over
+// MaxResultBytes before it is built.
+func boundedJoin(list, sep ref.Val) ref.Val {
+	l, ok1 := list.(traits.Lister)
+	d, ok2 := sep.(types.String)
+	if !ok1 || !ok2 {
+		return types.NoSuchOverloadErr()
+	}
+	n, ok := l.Size().(types.Int)
+	if !ok {
+		return types.NoSuchOverloadErr()
+	}
+	parts := make([]string, 0, int(n))
+	size := int64(0)
+	for i := types.Int(0); i < n; i++ {
+		e, ok := l.Get(i).(types.String)
+		if !ok {
+			return types.NewErr("join: invalid input: %v", l.Get(i))
+		}
+		size += int64(len(e))
+		if i > 0 {
+			size += int64(len(d))
+		}
+		if size > MaxResultBytes {
+			return tooLong("join", size)
+		}
+		parts = append(parts, string(e))
+	}
+	return types.String(strings.Join(parts, string(d)))
+}
 
 // scanCost charges a function that reads its string or bytes argument
 // once, as CEL charges string scans: one unit per ten characters.
@@ -173,6 +261,11 @@ func newUUID() (string, error) {
 var programOptions = []cel.ProgramOption{
 	cel.CostLimit(CostLimit),
 	cel.MemoryLimit(MemoryLimit),
+	cel.MemoryTracking(
+		types.MemoryTrackerSizeCalculator(types.NewSizeCalculator(
+			types.SizeCalculatorMaxDepth(maxSizedDepth),
+			types.SizeCalculatorMaxTraversal(MemoryLimit+1))),
+		types.MemoryTrackerSampleInterval(sampleEvery)),
 	cel.InterruptCheckFrequency(interruptEvery),
 }
 
@@ -203,7 +296,11 @@ func (o *objectType) add(variable, field string, t *cel.Type) {
 			if !ok || v == nil {
 				return nil, fmt.Errorf("%s.%s is not set (test it with has(%s.%s))", variable, field, variable, field)
 			}
-			return coerce(variable+"."+field, v, t)
+			out, err := coerce(variable+"."+field, v, t)
+			if err != nil {
+				return nil, err
+			}
+			return readNative(out), nil
 		},
 	}
 }

@@ -24,19 +24,49 @@ const maxConvertedElements = MemoryLimit
 // errTooLarge is the error of a result over maxConvertedElements.
 var errTooLarge = fmt.Errorf("the result has more than %d elements", maxConvertedElements)
 
+// errTooManyBytes is the error of a result over MaxResultBytes.
+var errTooManyBytes = fmt.Errorf("%w: the result is larger than %d bytes (limit expression_result: %d)", ErrResultLimit, MaxResultBytes, MaxResultBytes)
+
+// budget is what a conversion may still produce: elements, and bytes of
+// text (strings and map keys, plus one per element).
+type budget struct{ elements, bytes int }
+
+// spend takes one element and n bytes from the budget.
+func (b *budget) spend(n int) error {
+	b.elements--
+	b.bytes -= n + 1
+	switch {
+	case b.elements < 0:
+		return errTooLarge
+	case b.bytes < 0:
+		return errTooManyBytes
+	}
+	return nil
+}
+
 // toJSONLike converts a CEL result to a plain Go value: nil, bool, int64,
 // float64, string, []any or map[string]any. Timestamps become RFC 3339
 // strings (UTC), durations CEL's "1.5s" form, bytes UTF-8 strings, map keys
 // their Text, optional values their content or nil. Non-finite numbers are
-// errors: JSON cannot hold them.
+// errors: JSON cannot hold them. A result of more than MaxResultBytes (its
+// text, roughly its JSON size) is an error wrapping ErrResultLimit: values
+// an expression reads are not counted by the memory limit, and a result
+// may repeat one many times.
 func toJSONLike(v ref.Val) (any, error) {
-	budget := maxConvertedElements
-	return convert(v, &budget)
+	b := budget{elements: maxConvertedElements, bytes: MaxResultBytes}
+	return convert(v, &b)
 }
 
-func convert(v ref.Val, budget *int) (any, error) {
-	if *budget--; *budget < 0 {
-		return nil, errTooLarge
+func convert(v ref.Val, b *budget) (any, error) {
+	size := 0
+	switch x := v.(type) {
+	case types.String:
+		size = len(x)
+	case types.Bytes:
+		size = len(x)
+	}
+	if err := b.spend(size); err != nil {
+		return nil, err
 	}
 	switch x := v.(type) {
 	case types.Null:
@@ -70,7 +100,7 @@ func convert(v ref.Val, budget *int) (any, error) {
 		if !x.HasValue() {
 			return nil, nil
 		}
-		return convert(x.GetValue(), budget)
+		return convert(x.GetValue(), b)
 	case *types.Err:
 		return nil, x
 	case *types.Unknown:
@@ -84,7 +114,7 @@ func convert(v ref.Val, budget *int) (any, error) {
 		it := x.Iterator()
 		for it.HasNext() == types.True {
 			k := it.Next()
-			kv, err := convert(k, budget)
+			kv, err := convert(k, b)
 			if err != nil {
 				return nil, err
 			}
@@ -92,7 +122,7 @@ func convert(v ref.Val, budget *int) (any, error) {
 			if _, dup := out[key]; dup {
 				return nil, fmt.Errorf("map keys collide as text: %q", key)
 			}
-			ev, err := convert(x.Get(k), budget)
+			ev, err := convert(x.Get(k), b)
 			if err != nil {
 				return nil, err
 			}
@@ -106,7 +136,7 @@ func convert(v ref.Val, budget *int) (any, error) {
 		}
 		out := make([]any, int(n))
 		for i := range out {
-			ev, err := convert(x.Get(types.Int(i)), budget)
+			ev, err := convert(x.Get(types.Int(i)), b)
 			if err != nil {
 				return nil, err
 			}

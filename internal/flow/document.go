@@ -25,6 +25,7 @@ const (
 	MaxRetryAttempts        = 100              // retry.max_attempts' largest value
 	MaxBackoff              = 24 * time.Hour   // retry backoffs' largest value
 	MaxRetryMultiplier      = 10.0             // retry.multiplier's largest value
+	MinScheduleInterval     = time.Second      // the shortest @every a schedule takes
 )
 
 // Step kinds.
@@ -74,7 +75,9 @@ type Document struct {
 	// one, a run accepts any input and expressions read it untyped.
 	InputDeclared bool
 	Settings      Settings
-	Steps         []*Step
+	// Limits lower the server's run limits for this flow's runs.
+	Limits Limits
+	Steps  []*Step
 	// Output is nil when the document has none.
 	Output  *Value
 	OnError []*Step
@@ -120,6 +123,65 @@ type Settings struct {
 	Concurrency int
 	// Timeout bounds a whole run; 0 means none.
 	Timeout time.Duration
+}
+
+// Limits lower the server's limits for the runs of one flow (the limits:
+// block). A zero field means the server's limit. Parse checks that each
+// is a positive whole number; the server refuses, at apply, a value over
+// its own limit.
+type Limits struct {
+	// SubflowDepth is how many levels of sub-flow runs a run of this flow
+	// may have below it.
+	SubflowDepth int64
+	// ForeachItems is the most items one foreach step iterates over.
+	ForeachItems int64
+	// StepOutputBytes bounds one step's stored result, JSON-encoded.
+	StepOutputBytes int64
+	// RunStateBytes bounds everything a run stores: its step results,
+	// states, evidence and errors.
+	RunStateBytes int64
+	// RunsInFlight is the most runs of this flow queued, running or
+	// sleeping at once; a start over it is refused.
+	RunsInFlight int64
+	// pos holds the line and column of each key given.
+	pos map[string][2]int
+}
+
+// Limit keys, as written in the limits: block.
+const (
+	LimitSubflowDepth    = "subflow_depth"
+	LimitForeachItems    = "foreach_items"
+	LimitStepOutputBytes = "step_output_bytes"
+	LimitRunStateBytes   = "run_state_bytes"
+	LimitRunsInFlight    = "runs_in_flight"
+)
+
+// LimitKeys are the keys of the limits: block, in the order they are
+// documented.
+var LimitKeys = []string{LimitSubflowDepth, LimitForeachItems, LimitStepOutputBytes, LimitRunStateBytes, LimitRunsInFlight}
+
+// Get returns the value of a limit key (0 when not given).
+func (l Limits) Get(key string) int64 {
+	switch key {
+	case LimitSubflowDepth:
+		return l.SubflowDepth
+	case LimitForeachItems:
+		return l.ForeachItems
+	case LimitStepOutputBytes:
+		return l.StepOutputBytes
+	case LimitRunStateBytes:
+		return l.RunStateBytes
+	case LimitRunsInFlight:
+		return l.RunsInFlight
+	}
+	return 0
+}
+
+// Pos returns the line and column of a limit key's value in the document;
+// 0, 0 when the key was not given.
+func (l Limits) Pos(key string) (line, column int) {
+	p := l.pos[key]
+	return p[0], p[1]
 }
 
 // Step is one step; which fields are set depends on Kind.

@@ -141,6 +141,9 @@ func (p *parser) parse() *Document {
 	if n, k := m.get("settings"); n != nil {
 		d.Settings = p.settings(n, k)
 	}
+	if n, k := m.get("limits"); n != nil {
+		d.Limits = p.limits(n, k)
+	}
 
 	envs, err := newEnvSet(declared, inputNode != nil)
 	if err != nil {
@@ -697,6 +700,13 @@ func (p *parser) triggerKind(t *Trigger, n, at *yaml.Node, path string) {
 			} else if _, err := cronParser.Parse(s); err != nil {
 				p.ps.add(v.Line, v.Column, m.sub("cron"), "use 5 fields: minute hour day-of-month month day-of-week, e.g. \"0 6 * * 1-5\", or @hourly, @daily, @weekly, @monthly",
 					"invalid cron expression %q: %v", s, err)
+			} else if every, ok := strings.CutPrefix(s, "@every "); ok {
+				// The cron library rounds a shorter interval up to a second
+				// and drops fractions: say so rather than run at another pace.
+				if d, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && (d < MinScheduleInterval || d%time.Second != 0) {
+					p.ps.add(v.Line, v.Column, m.sub("cron"), "write a whole number of seconds, at least 1s, e.g. @every 30s or @every 1h",
+						"a schedule fires at most once a second, in whole seconds; @every %s is not", strings.TrimSpace(every))
+				}
 			}
 		}
 	case TriggerWebhook:
@@ -821,4 +831,47 @@ func (p *parser) settings(n, at *yaml.Node) Settings {
 	}
 	m.finish()
 	return s
+}
+
+// limits reads the limits section: positive whole numbers, each lowering
+// one of the server's limits.
+func (p *parser) limits(n, at *yaml.Node) Limits {
+	l := Limits{pos: map[string][2]int{}}
+	m := p.readMap(n, at, "limits", "write limits: {foreach_items: 500, runs_in_flight: 10}")
+	if m == nil {
+		return l
+	}
+	for _, key := range LimitKeys {
+		v, _ := m.get(key)
+		if v == nil {
+			continue
+		}
+		hint := "write a whole number of 1 or more; it may only lower the server's limit"
+		if strings.HasSuffix(key, "_bytes") {
+			hint = "write a number of bytes, e.g. 262144 for 256 KiB; it may only lower the server's limit"
+		}
+		i, ok := p.integer(v, m.sub(key), hint)
+		if !ok {
+			continue
+		}
+		if i < 1 {
+			p.ps.add(v.Line, v.Column, m.sub(key), hint, "%s %d is out of range", key, i)
+			continue
+		}
+		l.pos[key] = [2]int{v.Line, v.Column}
+		switch key {
+		case LimitSubflowDepth:
+			l.SubflowDepth = i
+		case LimitForeachItems:
+			l.ForeachItems = i
+		case LimitStepOutputBytes:
+			l.StepOutputBytes = i
+		case LimitRunStateBytes:
+			l.RunStateBytes = i
+		case LimitRunsInFlight:
+			l.RunsInFlight = i
+		}
+	}
+	m.finish()
+	return l
 }

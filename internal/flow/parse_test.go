@@ -260,6 +260,13 @@ func TestParseInvalid(t *testing.T) {
 		{"cron-missing", []want{{5, 3, "trigger.schedule.cron", "`cron` is required"}}},
 		{"cron-timezone-prefix", []want{{5, 20, "trigger.schedule.cron", "a cron expression must not carry a time zone"}}},
 		{"cron", []want{{5, 20, "trigger.schedule.cron", "invalid cron expression \"0 6 * *\": expected exactly 5 fields, found 4: [0 6 * *]"}}},
+		{"cron-every-too-often", []want{{5, 20, "trigger.schedule.cron", "a schedule fires at most once a second, in whole seconds; @every 1ns is not"}}},
+		{"limits", []want{
+			{6, 18, "limits.subflow_depth", "subflow_depth 0 is out of range"},
+			{7, 18, "limits.foreach_items", "must be an integer, not a number (\"1.5\")"},
+			{8, 22, "limits.step_output_bytes", "must be an integer, not a string (\"1MiB\")"},
+			{9, 3, "limits.runs_in_flite", "unknown key `runs_in_flite`"},
+		}},
 		{"duration-invalid", []want{{8, 14, "steps[0].timeout", "\"soon\" is not a duration"}}},
 		{"duration-negative", []want{{8, 14, "steps[0].timeout", "duration \"-5s\" is negative"}}},
 		{"duration-no-unit", []want{{8, 14, "steps[0].timeout", "duration 30 has no unit"}}},

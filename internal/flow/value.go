@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -15,6 +14,14 @@ import (
 // ErrCostLimit is wrapped by the EvalError of an expression that ran over
 // CostLimit or MemoryLimit.
 var ErrCostLimit = errors.New("flow: expression exceeded its cost limit")
+
+// ErrMemoryLimit is wrapped (with ErrCostLimit) by the EvalError of an
+// expression that ran over MemoryLimit.
+var ErrMemoryLimit = errors.New("flow: expression exceeded its memory limit")
+
+// ErrResultLimit is wrapped by the EvalError of an expression whose result
+// (or a string it would build) is over MaxResultBytes.
+var ErrResultLimit = errors.New("flow: expression result over its size limit")
 
 // Expr is a compiled CEL expression: a condition (if, switch cases) or one
 // ${...} of a Value. It is safe for concurrent use.
@@ -86,9 +93,13 @@ type Scope struct {
 // activation builds the CEL activation for one evaluation.
 func (s Scope) activation() (cel.Activation, error) {
 	vars := make(map[string]any, len(s.Vars)+4)
-	maps.Copy(vars, s.Vars)
-	vars["input"] = orEmpty(s.Input)
-	vars["steps"] = orEmpty(s.Steps)
+	for k, v := range s.Vars {
+		vars[k] = readNative(v)
+	}
+	// What the expression reads is wrapped so that the memory limit counts
+	// only what it builds (scope_values.go).
+	vars["input"] = readNative(orEmpty(s.Input))
+	vars["steps"] = readNative(orEmpty(s.Steps))
 	vars["run"] = orEmpty(s.Run)
 	vars["error"] = orEmpty(s.Error)
 	return cel.FunctionVars(vars, lateFunctions(s.Now))
@@ -174,7 +185,9 @@ func (e *Expr) fail(err error) *EvalError {
 		ee.Err = fmt.Errorf("%w: %w", ErrCostLimit, err)
 	case errors.As(err, &cancelled) && cancelled.Cause == interpreter.MemoryLimitExceeded:
 		ee.Message = fmt.Sprintf("the expression ran over its memory limit (%d elements); it builds too much data", MemoryLimit)
-		ee.Err = fmt.Errorf("%w: %w", ErrCostLimit, err)
+		ee.Err = fmt.Errorf("%w: %w: %w", ErrCostLimit, ErrMemoryLimit, err)
+	case errors.Is(err, ErrResultLimit):
+		ee.Message = strings.Replace(err.Error(), ErrResultLimit.Error()+": ", "", 1)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		ee.Message = "evaluation interrupted: " + err.Error()
 	}
