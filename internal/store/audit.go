@@ -245,15 +245,6 @@ func (s *Store) FirstKeyedAuditRecord(ctx context.Context) (int64, string, error
 	return seq, id, nil
 }
 
-// AuditRecord returns the record with seq as the transaction sees it.
-func (t *Tx) AuditRecord(ctx context.Context, seq int64) (AuditRecord, error) {
-	r, err := scanAudit(t.tx.QueryRowContext(ctx, "SELECT "+auditColumns+" FROM audit_records WHERE seq = $1", seq))
-	if err != nil {
-		return AuditRecord{}, fmt.Errorf("store: audit record %d: %w", seq, mapErr(err))
-	}
-	return r, nil
-}
-
 // AuditCheckpoint is a signed checkpoint of the audit chain: the head at
 // Seq was HeadHash, signed with the Ed25519 key of the audit key KeyID.
 type AuditCheckpoint struct {
@@ -280,6 +271,16 @@ func (t *Tx) PutAuditCheckpoint(ctx context.Context, c AuditCheckpoint) (inserte
 		return false, fmt.Errorf("store: store audit checkpoint %d: %w", c.Seq, err)
 	}
 	return n == 1, nil
+}
+
+// AuditCheckpoint returns the checkpoint of record seq as the transaction
+// sees it.
+func (t *Tx) AuditCheckpoint(ctx context.Context, seq int64) (AuditCheckpoint, error) {
+	c, err := scanAuditCheckpoint(t.tx.QueryRowContext(ctx, "SELECT "+auditCheckpointColumns+" FROM audit_checkpoints WHERE seq = $1", seq))
+	if err != nil {
+		return AuditCheckpoint{}, fmt.Errorf("store: audit checkpoint %d: %w", seq, mapErr(err))
+	}
+	return c, nil
 }
 
 // AuditCheckpoints returns up to limit checkpoints with seq > afterSeq,
