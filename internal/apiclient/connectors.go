@@ -15,6 +15,9 @@ type ConnectorAuthSettings struct {
 	ClientID     string   `json:"client_id,omitempty"`
 	Scopes       []string `json:"scopes,omitempty"`
 	TokenAuthTLS bool     `json:"token_auth_tls,omitempty"`
+	// TokenAuthMethod is how the client secret is sent: client_secret_basic
+	// (the default) or client_secret_post.
+	TokenAuthMethod string `json:"token_auth_method,omitempty"`
 }
 
 // ConnectorSecrets are sent on create/update and never returned.
@@ -43,6 +46,9 @@ type ConnectorSpec struct {
 	AllowNoClientAuthRequest bool                  `json:"allow_no_client_auth_request,omitempty"`
 	AuthSettings             ConnectorAuthSettings `json:"auth_settings"`
 	Secrets                  ConnectorSecrets      `json:"secrets"`
+	// KeepSecrets keeps the stored secrets through a change of where they
+	// are sent (admin only, audited).
+	KeepSecrets bool `json:"keep_secrets,omitempty"`
 }
 
 // Connector is a connector's public view.

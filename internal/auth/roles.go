@@ -53,11 +53,13 @@ const (
 	PermRunsRead        Permission = "runs:read"
 	PermRunsWrite       Permission = "runs:write"
 	PermKEKWrite        Permission = "kek:write"
+	PermPolicyRead      Permission = "policy:read"
+	PermPolicyWrite     Permission = "policy:write"
 )
 
 var grants = map[Role][]Permission{
 	RoleEditor: {
-		PermSystemRead, PermCAsRead, PermIdentitiesRead,
+		PermSystemRead, PermCAsRead, PermIdentitiesRead, PermPolicyRead,
 		PermConnectorsRead, PermConnectorsWrite, PermConnectorsUse,
 		PermFlowsRead, PermFlowsWrite, PermRunsRead, PermRunsWrite,
 	},
@@ -66,7 +68,7 @@ var grants = map[Role][]Permission{
 	},
 	RoleAuditor: {
 		PermSystemRead, PermTokensRead, PermAuditRead, PermCAsRead, PermIdentitiesRead,
-		PermConnectorsRead, PermFlowsRead, PermRunsRead,
+		PermConnectorsRead, PermFlowsRead, PermRunsRead, PermPolicyRead,
 	},
 }
 

@@ -38,6 +38,8 @@ func TestRoleMatrix(t *testing.T) {
 		auth.PermRunsRead:        {a, e, o, u},
 		auth.PermRunsWrite:       {a, e, o},
 		auth.PermKEKWrite:        {a},
+		auth.PermPolicyRead:      {a, e, u},
+		auth.PermPolicyWrite:     {a},
 	}
 	require.Equal(t, []auth.Role{a, e, o, u}, auth.Roles)
 	for perm, allowed := range matrix {

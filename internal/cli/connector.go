@@ -19,6 +19,7 @@ type connectorFlags struct {
 	username, passwordFile, tokenFile, apiKeyHeader, apiKeyFile   string
 	tokenURL, clientID, clientSecretFile                          string
 	tokenAuthTLS                                                  bool
+	tokenAuthMethod                                               string
 }
 
 func (f *connectorFlags) register(cmd *cobra.Command) {
@@ -46,6 +47,7 @@ func (f *connectorFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.clientSecretFile, "client-secret-file", "", "file holding the OAuth2 client secret")
 	fs.StringArrayVar(&f.scopes, "scope", nil, "OAuth2 scope (repeatable)")
 	fs.BoolVar(&f.tokenAuthTLS, "token-auth-tls", false, "authenticate the OAuth2 token request with the identity over mutual TLS (RFC 8705) instead of a secret")
+	fs.StringVar(&f.tokenAuthMethod, "token-auth-method", "", "how the OAuth2 client secret is sent, once: client_secret_basic (default) or client_secret_post")
 }
 
 // apply copies the flags the user set onto spec.
@@ -115,6 +117,9 @@ func (f *connectorFlags) apply(cmd *cobra.Command, spec *apiclient.ConnectorSpec
 	if ch("token-auth-tls") {
 		spec.AuthSettings.TokenAuthTLS = f.tokenAuthTLS
 	}
+	if ch("token-auth-method") {
+		spec.AuthSettings.TokenAuthMethod = f.tokenAuthMethod
+	}
 	for _, sec := range []struct {
 		flag string
 		path string
@@ -167,6 +172,7 @@ func newConnectorCmd(g *globals) *cobra.Command {
 	_ = create.MarkFlagRequired("url") // the flag exists: the error is impossible
 
 	var uf connectorFlags
+	var keepSecrets bool
 	update := &cobra.Command{
 		Use:   "update NAME [flags]",
 		Short: "Change a connector: only the flags given change; secrets not given are kept",
@@ -184,6 +190,7 @@ func newConnectorCmd(g *globals) *cobra.Command {
 			if err := uf.apply(cmd, &spec); err != nil {
 				return err
 			}
+			spec.KeepSecrets = keepSecrets
 			out, err := c.UpdateConnector(contextOf(cmd), spec)
 			if err != nil {
 				return err
@@ -192,6 +199,7 @@ func newConnectorCmd(g *globals) *cobra.Command {
 		},
 	}
 	uf.register(update)
+	update.Flags().BoolVar(&keepSecrets, "keep-secrets", false, "keep the stored secret although the update changes where it is sent (admin only, audited)")
 
 	list := &cobra.Command{
 		Use:   "list",

@@ -74,7 +74,16 @@ type AuthSettings struct {
 	ClientID     string   `json:"client_id,omitempty"`      // oauth2
 	Scopes       []string `json:"scopes,omitempty"`         // oauth2
 	TokenAuthTLS bool     `json:"token_auth_tls,omitempty"` // oauth2: the token request authenticates with the identity (RFC 8705)
+	// TokenAuthMethod is how the oauth2 client secret is sent, once per
+	// token request: client_secret_basic (the default) or client_secret_post.
+	TokenAuthMethod string `json:"token_auth_method,omitempty"`
 }
+
+// OAuth2 token request authentication methods (RFC 8414 names).
+const (
+	TokenAuthBasic = "client_secret_basic"
+	TokenAuthPost  = "client_secret_post"
+)
 
 // Secrets are an auth type's secrets; they are sealed at rest and never
 // returned.
@@ -116,6 +125,10 @@ type Spec struct {
 	AllowNoClientAuthRequest bool              `json:"allow_no_client_auth_request,omitempty"`
 	AuthSettings             AuthSettings      `json:"auth_settings,omitempty"`
 	Secrets                  Secrets           `json:"secrets,omitempty"`
+	// KeepSecrets lets an update that changes where the stored secrets go
+	// (see destination) keep them without sending them again: admin only,
+	// audited with the destination before and after.
+	KeepSecrets bool `json:"keep_secrets,omitempty"`
 
 	// secretStored lets an update without secrets keep the stored ones.
 	secretStored bool
@@ -270,6 +283,18 @@ func (sp *Spec) checkAuth() error {
 		}
 		if err := need("auth_settings.client_id", a.ClientID, "pass --client-id"); err != nil {
 			return err
+		}
+		switch a.TokenAuthMethod {
+		case "":
+			if !a.TokenAuthTLS {
+				sp.AuthSettings.TokenAuthMethod = TokenAuthBasic
+			}
+		case TokenAuthBasic, TokenAuthPost:
+			if a.TokenAuthTLS {
+				return invalid("auth_settings.token_auth_method", "is for a client secret; with token_auth_tls the token request sends none", "leave token_auth_method out")
+			}
+		default:
+			return invalid("auth_settings.token_auth_method", fmt.Sprintf("%q is not a token endpoint authentication method", a.TokenAuthMethod), "use client_secret_basic or client_secret_post")
 		}
 		if a.TokenAuthTLS && sp.Identity == "" {
 			return invalid("auth_settings.token_auth_tls", "mTLS client authentication needs an identity", "pass --identity NAME")

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 
 	"github.com/trustflow/trustflow/internal/pki"
 )
@@ -114,6 +115,10 @@ func (c *client) diagnose(ctx context.Context, err error, ev *Evidence) *CallErr
 		return already
 	case errors.As(err, &pol):
 		ce.Diagnosis = pol.Diagnosis
+	case errs.CodeOf(err) == policy.CodeEgressDenied:
+		// Refused before connect: nothing was sent.
+		e, _ := errs.As(err)
+		ce.Diagnosis = Diagnosis{Code: policy.CodeEgressDenied, Message: fmt.Sprintf("connector %s: %s", name, e.Message), Hint: e.Hint}
 	case errors.As(err, &certErr):
 		ce.Diagnosis = c.diagnoseCertificate(ctx, certErr)
 	// Before the alerts: a server whose versions are all below ours answers

@@ -2,7 +2,6 @@ package connector
 
 import (
 	"context"
-	"net"
 )
 
 // HeldClient returns a function that completes one handshake with the
@@ -15,7 +14,7 @@ func (s *Service) HeldClient(ctx context.Context, name string) (func(context.Con
 		return nil, err
 	}
 	return func(ctx context.Context) (*Evidence, error) {
-		conn, err := c.dialTLS(ctx, &net.Dialer{Timeout: c.timeout}, "tcp", hostPort(c.base))
+		conn, err := c.dialTLS(ctx, c.dial, "tcp", hostPort(c.base))
 		if err != nil {
 			return nil, c.diagnose(ctx, err, nil)
 		}

@@ -11,6 +11,9 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
+// errTokenRedirect refuses a token endpoint's redirect.
+var errTokenRedirect = errors.New("the token endpoint answered with a redirect, which trustflow never follows (it would resend the client secret)")
+
 // oauthSource fetches and caches OAuth2 client-credentials tokens. With
 // TokenAuthTLS the token request authenticates with the connector's
 // identity over mutual TLS (RFC 8705 tls_client_auth) and sends no secret;
@@ -29,9 +32,17 @@ func newOAuthSource(c *client) *oauthSource {
 		TokenURL:     c.settings.TokenURL,
 		Scopes:       c.settings.Scopes,
 	}
-	if c.settings.TokenAuthTLS {
+	// The secret goes once per token request, the way the connector says:
+	// never AuthStyleAutoDetect, which sends it again in the other place
+	// when the first attempt fails.
+	switch {
+	case c.settings.TokenAuthTLS:
 		conf.ClientSecret = ""
 		conf.AuthStyle = oauth2.AuthStyleInParams
+	case c.settings.TokenAuthMethod == TokenAuthPost:
+		conf.AuthStyle = oauth2.AuthStyleInParams
+	default:
+		conf.AuthStyle = oauth2.AuthStyleInHeader
 	}
 	return &oauthSource{c: c, conf: conf}
 }
@@ -42,7 +53,11 @@ func newOAuthSource(c *client) *oauthSource {
 func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
 	o.mu.Lock()
 	if o.src == nil {
-		tctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Transport: o.c.transport, Timeout: o.c.timeout})
+		// A redirect is never followed: a 307 would resend the secret to
+		// wherever the token endpoint points.
+		hc := &http.Client{Transport: o.c.transport, Timeout: o.c.timeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return errTokenRedirect }}
+		tctx := context.WithValue(context.Background(), oauth2.HTTPClient, hc)
 		o.src = oauth2.ReuseTokenSource(nil, o.conf.TokenSource(tctx))
 	}
 	src := o.src
@@ -73,8 +88,11 @@ func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
 				}
 			} else {
 				var ce *CallError
-				if errors.As(r.err, &ce) {
+				switch {
+				case errors.As(r.err, &ce):
 					why = ce.Message
+				case errors.Is(r.err, errTokenRedirect):
+					why = errTokenRedirect.Error()
 				}
 			}
 			return nil, &CallError{Err: r.err, Retryable: true, Diagnosis: Diagnosis{Code: "oauth2_token",

@@ -17,6 +17,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -36,6 +37,12 @@ type Config struct {
 	// AuditCalls records every outbound request in the audit log. Defaults
 	// to true; benchmarks of the bare transport turn it off.
 	AuditCalls *bool
+	// Policy returns the egress and TLS policy in force: every dial is
+	// checked against it on the resolved address, every handshake keeps
+	// its TLS floor, and a connector that breaks it is refused at create
+	// and update and fails closed at call time. Nil means no policy (tests
+	// of the transport alone); the composition root always sets it.
+	Policy func() *policy.Policy
 }
 
 // Service manages connectors and makes calls through them.
@@ -153,7 +160,8 @@ func (s *Service) row(sp Spec, id string, timeout time.Duration) (store.Connecto
 	case AuthAPIKey:
 		settings = AuthSettings{HeaderName: settings.HeaderName}
 	case AuthOAuth2:
-		settings = AuthSettings{TokenURL: settings.TokenURL, ClientID: settings.ClientID, Scopes: settings.Scopes, TokenAuthTLS: settings.TokenAuthTLS}
+		settings = AuthSettings{TokenURL: settings.TokenURL, ClientID: settings.ClientID, Scopes: settings.Scopes, TokenAuthTLS: settings.TokenAuthTLS,
+			TokenAuthMethod: settings.TokenAuthMethod}
 	default:
 		settings = AuthSettings{}
 	}
@@ -226,6 +234,9 @@ func (s *Service) Create(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 	if err != nil {
 		return Connector{}, err
 	}
+	if err := s.checkPolicy(sp); err != nil {
+		return Connector{}, err
+	}
 	if err := s.checkRefs(ctx, sp); err != nil {
 		return Connector{}, err
 	}
@@ -270,6 +281,9 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 	if err != nil {
 		return Connector{}, err
 	}
+	if err := s.checkPolicy(sp); err != nil {
+		return Connector{}, err
+	}
 	if err := s.checkRefs(ctx, sp); err != nil {
 		return Connector{}, err
 	}
@@ -286,7 +300,24 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 		if err != nil {
 			return err
 		}
+		details := map[string]any{}
 		if keepSecret {
+			before, after := destination(old), destination(r)
+			if moved := before.changed(after); len(moved) > 0 {
+				if !sp.KeepSecrets {
+					return &errs.Error{Kind: errs.Conflict, Code: "secret_destination_changed",
+						Message: fmt.Sprintf("the update changes %s, which decide where connector %s's stored secret is sent, without sending the secret again", strings.Join(moved, ", "), sp.Name),
+						Hint:    "send the secret again with the update (e.g. --token-file, --password-file, --api-key-file or --client-secret-file); an admin may keep it with --keep-secrets", Op: "connector"}
+				}
+				if actor.Role != "admin" {
+					return &errs.Error{Kind: errs.Forbidden, Code: "keep_secrets_admin_only",
+						Message: "only an admin may keep a connector's stored secret while changing where it is sent (--keep-secrets)",
+						Hint:    "send the secret again with the update, or ask an admin", Op: "connector"}
+				}
+				details["keep_secrets"] = true
+				details["destination_before"], details["destination_after"] = before, after
+				details["destination_changed"] = moved
+			}
 			r.SealedSecret, r.KEKID = old.SealedSecret, old.KEKID
 		}
 		r.CreatedAt = old.CreatedAt
@@ -294,7 +325,11 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, sp Spec) (Conne
 			return err
 		}
 		out = r
-		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.update", Target: "connector/" + sp.Name, Details: auditDetails(r, !keepSecret)})
+		det := auditDetails(r, !keepSecret)
+		for k, v := range details {
+			det[k] = v
+		}
+		_, err = s.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "connector.update", Target: "connector/" + sp.Name, Details: det})
 		return err
 	})
 	if err != nil {
@@ -434,7 +469,7 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 			return nil, fmt.Errorf("connector: %s: stored secret: %w", name, err)
 		}
 	}
-	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS, s.systemRoots)
+	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS, s.systemRoots, s.cfg.Policy)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
@@ -33,6 +34,7 @@ type env struct {
 type envConfig struct {
 	clock      clock.Clock
 	auditCalls *bool
+	policy     func() *policy.Policy
 }
 
 // envOption changes the services newEnv builds.
@@ -41,6 +43,9 @@ type envOption func(*envConfig)
 // withClock makes the trust store, the audit log and the connectors tell
 // time by c.
 func withClock(c clock.Clock) envOption { return func(ec *envConfig) { ec.clock = c } }
+
+// withPolicy makes the connectors obey the policy p returns.
+func withPolicy(p func() *policy.Policy) envOption { return func(ec *envConfig) { ec.policy = p } }
 
 // withoutCallAudit turns off the audit record of every outbound call.
 func withoutCallAudit() envOption {
@@ -58,7 +63,7 @@ func newEnv(t testing.TB, st *store.Store, opts ...envOption) *env {
 	log := audit.New(st, ec.clock)
 	trust, err := truststore.New(truststore.Config{Store: st, Audit: log, Keyring: seal.NewKeyring(kek), Clock: ec.clock})
 	require.NoError(t, err)
-	conns, err := connector.New(connector.Config{Store: st, Audit: log, Trust: trust, Clock: ec.clock, AuditCalls: ec.auditCalls})
+	conns, err := connector.New(connector.Config{Store: st, Audit: log, Trust: trust, Clock: ec.clock, AuditCalls: ec.auditCalls, Policy: ec.policy})
 	require.NoError(t, err)
 	trust.SetInUse(conns.InUse)
 	return &env{st: st, log: log, trust: trust, conns: conns, ca: truststoretest.NewCA(t)}

@@ -59,12 +59,14 @@ func (s *Service) handshake(ctx context.Context, c *client) TestResult {
 	if c.base.Port() == "" {
 		host = net.JoinHostPort(c.base.Hostname(), "443")
 	}
-	dialer := &net.Dialer{Timeout: c.timeout}
+	if ce := c.policyCallError(c.currentPolicy()); ce != nil {
+		return TestResult{Error: &ce.Diagnosis}
+	}
 	hctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	// A test must prove a full handshake, not a resumed one.
 	c.sessions.Clear()
-	conn, err := c.dialTLS(hctx, dialer, "tcp", host)
+	conn, err := c.dialTLS(hctx, c.dial, "tcp", host)
 	if err != nil {
 		ce := c.diagnose(ctx, err, nil)
 		return TestResult{Error: &ce.Diagnosis, Evidence: ce.Evidence}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/pki"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -41,6 +42,10 @@ type client struct {
 	clock      clock.Clock
 	systemPool []*x509.Certificate
 	fips       bool
+	// policy is the egress and TLS policy in force; nil for none.
+	policy func() *policy.Policy
+	// dial opens the TCP connection under the policy.
+	dial dialFunc
 
 	tlsBase   *tls.Config
 	sessions  *sessionCache
@@ -95,9 +100,12 @@ var fipsSuites = []uint16{
 	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 }
 
+// dialFunc dials a TCP connection.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // newClient builds the client for one state of a connector.
 func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust *truststore.Service, clk clock.Clock, fips bool,
-	sysRoots func() ([]*x509.Certificate, error)) (*client, error) {
+	sysRoots func() ([]*x509.Certificate, error), pol func() *policy.Policy) (*client, error) {
 	base, err := url.Parse(conn.URL)
 	if err != nil {
 		return nil, fmt.Errorf("connector: %s: stored url: %w", conn.Name, err)
@@ -106,7 +114,7 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 	if err != nil {
 		return nil, fmt.Errorf("connector: %s: stored timeout: %w", conn.Name, err)
 	}
-	c := &client{conn: conn, state: state, base: base, timeout: timeout, trust: trust, clock: clk, secrets: secrets, fips: fips,
+	c := &client{conn: conn, state: state, base: base, timeout: timeout, trust: trust, clock: clk, secrets: secrets, fips: fips, policy: pol,
 		sessions: newSessionCache(), checkedAt: clk.Now(), trustGen: trust.Generation()}
 	if err := decodeStored(conn, &c.pins, &c.settings); err != nil {
 		return nil, err
@@ -147,9 +155,14 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 		c.tlsBase.CipherSuites = fipsSuites
 		c.tlsBase.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384}
 	}
-	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	var dialer dialFunc = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	if pol != nil {
+		// Every address is checked against the policy just before connect.
+		dialer = policy.Dialer{Dialer: &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}, Policy: pol}.DialContext
+	}
+	c.dial = dialer
 	c.transport = &http.Transport{
-		DialContext: dialer.DialContext,
+		DialContext: dialer,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return c.dialTLS(ctx, dialer, network, addr)
 		},
@@ -184,13 +197,14 @@ func (c *client) roots(ctx context.Context) ([]*x509.Certificate, error) {
 
 // dialTLS dials, runs the handshake with per-connection callbacks that
 // collect evidence, and enforces the client-certificate policy.
-func (c *client) dialTLS(ctx context.Context, dialer *net.Dialer, network, addr string) (net.Conn, error) {
-	raw, err := dialer.DialContext(ctx, network, addr)
+func (c *client) dialTLS(ctx context.Context, dial dialFunc, network, addr string) (net.Conn, error) {
+	raw, err := dial(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
 	ev := &connEvidence{}
 	cfg := c.tlsBase.Clone()
+	applyTLSFloor(cfg, c.currentPolicy())
 	serverName := c.serverName
 	if host, _, err := net.SplitHostPort(addr); err == nil && host != c.base.Hostname() {
 		// Another host reached through this connector: its OAuth2 token endpoint.

@@ -42,7 +42,9 @@ func Parse(filename string, data []byte) (*Policy, error) {
 		for i := range ps {
 			ps[i].File = filename
 		}
-		msg := ps[0].String()
+		first := ps[0]
+		first.Hint = ""
+		msg := first.String()
 		if len(ps) > 1 {
 			msg += fmt.Sprintf(" (and %d more)", len(ps)-1)
 		}
