@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/pki"
+	"github.com/trustflow/trustflow/internal/policy"
 )
 
 // settleRead is how long a check waits, right after a TLS 1.3 handshake,
@@ -190,8 +191,11 @@ func (p *Prober) connect(ctx context.Context, t *target, cfg *tls.Config, cert *
 	// No ClientSessionCache: a check never resumes a session.
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	dial := (&net.Dialer{}).DialContext
+	if p.policy != nil {
+		dial = policy.Dialer{Policy: p.policy}.DialContext
+	}
+	raw, err := dial(ctx, "tcp", t.addr)
 	if err != nil {
 		a.dialErr = err
 		return a

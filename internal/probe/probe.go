@@ -24,6 +24,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
 
@@ -88,13 +89,19 @@ type Config struct {
 	// Clock is the time chains are verified at and expiry is measured
 	// from. Defaults to the wall clock.
 	Clock clock.Clock
+	// Policy returns the egress policy in force: a probe of a destination
+	// it denies is refused before any connection, and every dial is checked
+	// on the resolved address. Nil means no policy (tests of the checks
+	// alone); the composition root always sets it.
+	Policy func() *policy.Policy
 }
 
 // Prober runs probes. It is safe for concurrent use.
 type Prober struct {
-	trust *truststore.Service
-	audit *audit.Log
-	clock clock.Clock
+	trust  *truststore.Service
+	audit  *audit.Log
+	clock  clock.Clock
+	policy func() *policy.Policy
 }
 
 // New returns a prober.
@@ -105,7 +112,7 @@ func New(cfg Config) (*Prober, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
-	return &Prober{trust: cfg.Trust, audit: cfg.Audit, clock: cfg.Clock}, nil
+	return &Prober{trust: cfg.Trust, audit: cfg.Audit, clock: cfg.Clock, policy: cfg.Policy}, nil
 }
 
 // Request is one probe.
@@ -204,6 +211,13 @@ func (p *Prober) resolve(ctx context.Context, req Request) (*target, error) {
 	port := u.Port()
 	if port == "" {
 		port = "443"
+	}
+	if p.policy != nil {
+		n, _ := strconv.Atoi(port)
+		if err := p.policy().CheckDestination(u.Hostname(), n); err != nil {
+			e, _ := errs.As(err)
+			return nil, &errs.Error{Kind: errs.Invalid, Code: policy.CodeEgressDenied, Field: "url", Message: e.Message, Hint: e.Hint, Op: "probe", Err: err}
+		}
 	}
 	t := &target{url: u, addr: net.JoinHostPort(u.Hostname(), port), serverName: u.Hostname(), path: u.EscapedPath(), timeout: req.Timeout, identity: req.Identity}
 	if t.path == "" {
