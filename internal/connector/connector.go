@@ -12,13 +12,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 )
 
 // Auth types.
@@ -144,6 +147,42 @@ var (
 	headerRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
 
+// MaxURLLength bounds a connector's URL and token URL.
+const MaxURLLength = 2048
+
+// checkURL checks an absolute http(s) URL a connector sends to: a host that
+// is a valid DNS name or an IP literal, a port from 1 to 65535, no spaces,
+// at most MaxURLLength characters. Each problem names field and the fix.
+func checkURL(field, raw string) (*url.URL, error) {
+	const form = "use https://host:port[/base-path]"
+	if len(raw) > MaxURLLength {
+		return nil, invalid(field, fmt.Sprintf("is %d characters; the limit max_url_length is %d", len(raw), MaxURLLength), "give the service's base URL; per-call paths go on each call")
+	}
+	if strings.ContainsAny(raw, " \t\r\n") {
+		return nil, invalid(field, fmt.Sprintf("%q holds whitespace", raw), "remove the spaces; encode a space in a path as %20")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Opaque != "" {
+		return nil, invalid(field, fmt.Sprintf("%q is not an absolute http(s) URL", raw), form)
+	}
+	host := u.Hostname()
+	if host == "" {
+		return nil, invalid(field, fmt.Sprintf("%q has no host", raw), form+"; a URL without a host would reach this machine")
+	}
+	if p := u.Port(); p != "" || strings.HasSuffix(u.Host, ":") {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, invalid(field, fmt.Sprintf("port %q is not between 1 and 65535", p), "give the service's TCP port, or none for the scheme's default")
+		}
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		if err := policy.CheckHostName(host); err != nil {
+			return nil, invalid(field, fmt.Sprintf("host %q: %v", host, err), "give a DNS name (labels of letters, digits and '-', at most 63 each) or an IP address such as 10.20.0.5 or [fd00::5]")
+		}
+	}
+	return u, nil
+}
+
 // reservedHeaders are set by trustflow itself.
 var reservedHeaders = []string{"Host", "Content-Length", "Transfer-Encoding", "Connection", "Idempotency-Key"}
 
@@ -153,9 +192,9 @@ func (sp *Spec) normalize() (*url.URL, time.Duration, error) {
 	if !nameRE.MatchString(sp.Name) {
 		return nil, 0, invalid("name", fmt.Sprintf("%q is not a valid name", sp.Name), "use 1-63 lowercase letters, digits, '.', '-' or '_', e.g. hr-directory")
 	}
-	u, err := url.Parse(sp.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, 0, invalid("url", fmt.Sprintf("%q is not an absolute http(s) URL", sp.URL), "use https://host:port[/base-path]")
+	u, err := checkURL("url", sp.URL)
+	if err != nil {
+		return nil, 0, err
 	}
 	if u.User != nil {
 		return nil, 0, invalid("url", "must not carry credentials", "remove user:password@ from the URL and use --auth basic with a password file")
@@ -277,9 +316,15 @@ func (sp *Spec) checkAuth() error {
 			return err
 		}
 	case AuthOAuth2:
-		tu, err := url.Parse(a.TokenURL)
-		if err != nil || tu.Scheme != "https" || tu.Host == "" {
+		if a.TokenURL == "" {
 			return invalid("auth_settings.token_url", "is required for auth type oauth2-client-credentials and must be an https:// URL", "pass --token-url https://idp.example/oauth2/token")
+		}
+		tu, err := checkURL("auth_settings.token_url", a.TokenURL)
+		if err != nil {
+			return err
+		}
+		if tu.Scheme != "https" {
+			return invalid("auth_settings.token_url", "must be an https:// URL: the token request carries the client secret", "pass --token-url https://idp.example/oauth2/token")
 		}
 		if err := need("auth_settings.client_id", a.ClientID, "pass --client-id"); err != nil {
 			return err

@@ -96,7 +96,7 @@ func TestAnEditorCannotMoveASecret(t *testing.T) {
 
 			moves := []func(*connector.Spec){
 				func(s *connector.Spec) { s.URL, s.AllowPlaintext, s.Identity, s.Auth = evil.URL, true, "", tc.auth },
-				func(s *connector.Spec) { s.URL = strings.Replace(s.URL, "https://", "https://localhost.", 1) }, // another host
+				func(s *connector.Spec) { s.URL = strings.Replace(s.URL, "127.0.0.1", "localhost", 1) }, // another host
 				func(s *connector.Spec) { s.URL += "/elsewhere" },
 				func(s *connector.Spec) { s.CAs = []string{"other"} },
 				func(s *connector.Spec) { s.ServerName = "attacker.example" },
@@ -268,4 +268,43 @@ func TestConnectorsObeyThePolicy(t *testing.T) {
 		_, err = e.conns.Do(ctx, "hr", connector.Request{Path: "/"})
 		require.Equal(t, connector.CodePolicyViolation, callError(t, err).Code)
 	})
+}
+
+// TestConnectorURLRules: each malformed URL is refused at its field with the
+// fix, and nothing is stored.
+func TestConnectorURLRules(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := sqliteEnv(t)
+	e.addCA(t, "demo", e.ca)
+	long := "https://h.example/" + strings.Repeat("a", connector.MaxURLLength)
+	for raw, want := range map[string]string{
+		"https://:8443/":                                   "has no host",
+		"https:///path":                                    "has no host",
+		"https://h.example:0/":                             `port "0" is not between 1 and 65535`,
+		"https://h.example:65536/":                         `port "65536" is not between 1 and 65535`,
+		"https://h.example:99999/":                         `port "99999" is not between 1 and 65535`,
+		"https://h.example:/":                              `port "" is not between 1 and 65535`,
+		"https://0x7f000001/":                              "numeric address form",
+		"https://2130706433:443/":                          "numeric address form",
+		"https://bad_host-.example/":                       "may not",
+		"https://h.exa mple/":                              "holds whitespace",
+		"https://" + strings.Repeat("a", 64) + ".example/": "the limit is 63",
+		long:               "the limit max_url_length is 2048",
+		"ftp://h.example/": "not an absolute http(s) URL",
+		"https:h.example":  "not an absolute http(s) URL",
+	} {
+		_, err := e.conns.Create(ctx, admin, connector.Spec{Name: "u", URL: raw, CAs: []string{"demo"}})
+		ee := requireConflictCode(t, err, errs.Invalid, "invalid_input")
+		require.Equal(t, "url", ee.Field, raw)
+		require.Contains(t, ee.Message, want, raw)
+	}
+	list, err := e.conns.List(ctx)
+	require.NoError(t, err)
+	require.Empty(t, list, "nothing was stored")
+	for _, ok := range []string{"https://10.20.0.5:8443/api", "https://[fd00::5]/", "https://hr.agency.example"} {
+		_, err := e.conns.Create(ctx, admin, connector.Spec{Name: "ok", URL: ok, CAs: []string{"demo"}})
+		require.NoError(t, err, ok)
+		require.NoError(t, e.conns.Remove(ctx, admin, "ok"))
+	}
 }
