@@ -7,6 +7,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"strings"
 )
@@ -104,9 +106,27 @@ func ParsePrivateKey(data []byte, password []byte) (crypto.Signer, error) {
 			"convert it to PKCS#8 with `ssh-keygen -p -m PKCS8 -f keyfile` (rewrites the file in place), or better, issue an X.509 key pair for trustflow",
 			nil, "the key is in OpenSSH format, which trustflow does not read")
 	default: // DSA PRIVATE KEY
-		return nil, newError(CodeUnsupportedFormat, "use an ECDSA (P-256, P-384) or RSA (2048 bits or more) key",
-			nil, "%s keys are not supported", strings.TrimSuffix(key.Type, " PRIVATE KEY"))
+		return nil, dsaError()
 	}
+}
+
+// oidDSA is the DSA public key algorithm (RFC 3279).
+var oidDSA = asn1.ObjectIdentifier{1, 2, 840, 10040, 4, 1}
+
+// isDSAPKCS8 reports whether der is an unencrypted PKCS#8 key whose
+// algorithm is DSA, which crypto/x509 reports only as "unknown algorithm".
+func isDSAPKCS8(der []byte) bool {
+	var pk struct {
+		Version int
+		Algo    pkix.AlgorithmIdentifier
+		Key     []byte
+	}
+	rest, err := asn1.Unmarshal(der, &pk)
+	return err == nil && len(rest) == 0 && pk.Algo.Algorithm.Equal(oidDSA)
+}
+
+func dsaError() error {
+	return newError(CodeUnsupportedFormat, "use ECDSA P-256/P-384 or RSA ≥ 2048", nil, "DSA keys are not supported")
 }
 
 func parseDERKey(der []byte, password []byte) (crypto.Signer, error) {
@@ -115,6 +135,9 @@ func parseDERKey(der []byte, password []byte) (crypto.Signer, error) {
 	}
 	if isEncryptedPKCS8(der) {
 		return parseEncryptedPKCS8Key(der, password)
+	}
+	if isDSAPKCS8(der) {
+		return nil, dsaError()
 	}
 	if k, err := x509.ParsePKCS1PrivateKey(der); err == nil {
 		return k, nil
@@ -140,6 +163,9 @@ func parsePKCS8Key(der []byte, what string) (crypto.Signer, error) {
 		if isEncryptedPKCS8(der) {
 			return nil, newError(CodeMalformedKey, "label the block -----BEGIN ENCRYPTED PRIVATE KEY-----", err,
 				"the %s holds an encrypted key but is labelled as unencrypted", what)
+		}
+		if isDSAPKCS8(der) {
+			return nil, dsaError()
 		}
 		hint := hintKeyFormats
 		if strings.Contains(err.Error(), "unknown public key algorithm") {
