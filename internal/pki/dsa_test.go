@@ -27,9 +27,9 @@ func TestDSAKeysAreNamed(t *testing.T) {
 	require.NoError(t, err)
 	for name, data := range map[string][]byte{
 		"openssl genpkey dsa": fixture,
-		"pkcs8 pem":   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
-		"pkcs8 der":   der,
-		"openssl pem": pem.EncodeToMemory(&pem.Block{Type: "DSA PRIVATE KEY", Bytes: []byte{0x30, 0}}),
+		"pkcs8 pem":           pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		"pkcs8 der":           der,
+		"openssl pem":         pem.EncodeToMemory(&pem.Block{Type: "DSA PRIVATE KEY", Bytes: []byte{0x30, 0}}),
 	} {
 		_, err := pki.ParsePrivateKey(data, nil)
 		e, ok := errs.As(err)
