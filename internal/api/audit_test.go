@@ -117,11 +117,12 @@ func TestAuditListRejectsBadQuery(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		t.Parallel()
 		e := newEnv(t, st, api.Config{})
+		withField := func(field string, d errorDetail) errorDetail { d.Field = field; return d }
 		timeErr := func(field string) errorDetail {
-			return invalidInput(field+": not an RFC 3339 time", "use e.g. 2026-01-31T00:00:00Z")
+			return withField(field, invalidInput(field+": not an RFC 3339 time", "use e.g. 2026-01-31T00:00:00Z"))
 		}
-		limitErr := invalidInput("limit: must be an integer from 1 to 1000", "use e.g. limit=100")
-		cursorErr := invalidInput("cursor: is not a cursor this API returned", "pass next_cursor from the previous page unchanged")
+		limitErr := withField("limit", invalidInput("limit: must be an integer from 1 to 1000", "use e.g. limit=100"))
+		cursorErr := withField("cursor", invalidInput("cursor: is not a cursor this API returned", "pass next_cursor from the previous page unchanged"))
 		cases := []struct {
 			path string
 			want errorDetail

@@ -116,6 +116,9 @@ func (e *env) createToken(t testing.TB, name string, role auth.Role, expiresIn s
 	t.Helper()
 	tok, secret, err := e.auth.Create(context.Background(), e.adminP, auth.CreateRequest{Name: name, Role: string(role), ExpiresIn: expiresIn})
 	require.NoError(t, err)
+	if cfg.Clock == nil {
+		cfg.Clock = e.clock
+	}
 	return tok, secret
 }
 

@@ -27,12 +27,6 @@ type Operation struct {
 	NoAuth bool
 }
 
-// Param is a query parameter.
-type Param struct {
-	Name string
-	Desc string
-}
-
 func schemaRef(name string) map[string]any {
 	return map[string]any{"$ref": "#/components/schemas/" + name}
 }
@@ -264,7 +258,7 @@ func operation(rt Route) map[string]any {
 		}
 	}
 	for _, q := range d.Query {
-		params = append(params, map[string]any{"name": q.Name, "in": "query", "description": q.Desc, "schema": str})
+		params = append(params, map[string]any{"name": q.Name, "in": "query", "description": q.Desc, "schema": q.schema()})
 	}
 	if len(params) > 0 {
 		op["parameters"] = params
@@ -297,7 +291,10 @@ func operation(rt Route) map[string]any {
 		errStatuses = append(errStatuses, 404)
 	}
 	errStatuses = append(errStatuses, d.Errors...)
+	} else if len(d.Query) > 0 {
+		errStatuses = append(errStatuses, 400)
 	errStatuses = append(errStatuses, 500)
+	errStatuses = append(errStatuses, 429)
 	sort.Ints(errStatuses)
 	for _, st := range errStatuses {
 		responses[strconv.Itoa(st)] = map[string]any{

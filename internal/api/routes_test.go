@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -185,7 +186,9 @@ func TestRouteScenarios(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, st *store.Store) {
 		t.Parallel()
 		ctx := context.Background()
-		e := newEnv(t, st, api.Config{})
+		// Every refusal below is its own source's first; none is over the
+		// cap of sources recorded one by one in an interval.
+		e := newEnv(t, st, api.Config{Refusals: api.RefusalConfig{MaxRecorded: 1 << 20}})
 
 		roleSecret := map[auth.Role]string{}
 		roleToken := map[auth.Role]auth.Token{}
@@ -215,6 +218,17 @@ func TestRouteScenarios(t *testing.T) {
 			if !ok {
 				continue // TestEveryRouteHasAScenario reports it
 			}
+		// Each request comes from a source of its own, so that each
+		// refusal is its source's first and is recorded at once, in a
+		// record of its own (TestRefusedFloodWritesBoundedRecords covers
+		// what a source's later refusals write).
+		sources := 0
+		fresh := func(r *http.Request) *http.Request {
+			sources++
+			r.RemoteAddr = fmt.Sprintf("198.18.%d.%d:1234", sources/256, sources%256)
+			return r
+		}
+
 			path := rt.Path
 			if sc.path != nil {
 				path = sc.path(fx)
@@ -226,7 +240,7 @@ func TestRouteScenarios(t *testing.T) {
 					if authz != "" {
 						presented = append(presented, strings.TrimPrefix(strings.TrimPrefix(authz, "Bearer "), "Basic "))
 					}
-					req := newRequest(rt.Method, path, "", sc.body)
+					req := fresh(newRequest(rt.Method, path, "", sc.body))
 					if authz != "" {
 						req.Header.Set("Authorization", authz)
 					}
@@ -241,7 +255,7 @@ func TestRouteScenarios(t *testing.T) {
 						Code: "unauthenticated", Message: "a valid API token is required", Hint: hintUnauthenticated})
 					require.Equal(t, `Bearer realm="trustflow"`, rec.Header().Get("WWW-Authenticate"))
 					details := map[string]any{"reason": "unauthenticated", "method": rt.Method, "route": rt.Path,
-						"remote": remoteAddr, "cause": uc.cause}
+						"remote": req.RemoteAddr, "source": strings.TrimSuffix(req.RemoteAddr, ":1234"), "cause": uc.cause}
 					if rt.Perm != "" {
 						details["permission"] = string(rt.Perm)
 					}
@@ -252,7 +266,8 @@ func TestRouteScenarios(t *testing.T) {
 			for _, role := range everyone {
 				t.Run(key+"/"+string(role), func(t *testing.T) {
 					before := e.head(t)
-					rec := e.do(rt.Method, path, roleSecret[role], sc.body)
+					req := fresh(newRequest(rt.Method, path, roleSecret[role], sc.body))
+					rec := e.serve(req)
 					if !sc.allows(role) {
 						requireError(t, rec, http.StatusForbidden, errorDetail{
 							Code:    "forbidden",
@@ -261,7 +276,7 @@ func TestRouteScenarios(t *testing.T) {
 						})
 						require.Empty(t, rec.Header().Get("WWW-Authenticate"))
 						details := map[string]any{"reason": "forbidden", "method": rt.Method, "route": rt.Path,
-							"remote": remoteAddr, "permission": string(rt.Perm)}
+							"remote": req.RemoteAddr, "source": strings.TrimSuffix(req.RemoteAddr, ":1234"), "permission": string(rt.Perm)}
 						requireDenied(t, e, before, key, auth.ActorOf(auth.Principal{TokenID: roleToken[role].ID, Name: roleToken[role].Name, Role: role}), details, roleSecret[role])
 						return
 					}

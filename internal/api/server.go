@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
@@ -63,14 +65,30 @@ type Config struct {
 	Engine *engine.Engine
 }
 
+	// Refusals bounds refused requests per source and how they are
+	// audited; its zero value means every default.
+	Refusals RefusalConfig
+	// MaxWait caps ?wait= on run starts and webhooks. Defaults to 5m.
+	MaxWait time.Duration
+	// WriteTimeout is the write deadline of an answer that waits (?wait
+	// adds it to the wait) and of each write of a streamed answer (audit
+	// export, KEK rotation progress), so a client that stops reading is
+	// dropped. Defaults to 30s.
+	WriteTimeout time.Duration
+	// MetricsAuth makes /metrics require a valid token (the system:read
+	// permission, which every role has).
+	MetricsAuth bool
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
 // Server is the HTTP API.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	routes  []Route
-	mux     *http.ServeMux
-	metrics *metrics
-	handler http.Handler
+	cfg      Config
+	log      *slog.Logger
+	refusals *refusals
+	routes   []Route
+	mux      *http.ServeMux
+	metrics  *metrics
+	handler  http.Handler
 }
 
 // Route is one API endpoint: what it serves, who may call it, and how it is
@@ -107,7 +125,17 @@ func New(cfg Config) *Server {
 	for _, rt := range s.routes {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
 	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 5 * time.Minute
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 30 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
 	s.mux.Handle("/", s.wrap(Route{handler: s.unmatched, Public: true}))
+	s.refusals = newRefusals(cfg.Refusals, cfg.Clock, cfg.Audit, cfg.Logger)
 	s.handler = s.observe(s.mux)
 	return s
 }
@@ -145,6 +173,18 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Routes() []Route { return s.routes }
 
 // Register adds routes contributed by other parts of the server. It must be
+// Start begins writing the aggregated auth.denied records every
+// Refusals.Interval.
+func (s *Server) Start(ctx context.Context) error {
+	s.refusals.start()
+	return nil
+}
+
+// Stop ends that loop and writes the refusals not yet recorded. Call it
+// after the HTTP server has shut down and before the database closes. It is
+// idempotent.
+func (s *Server) Stop() { s.refusals.close() }
+
 // called before Handler is used to serve.
 func (s *Server) Register(routes ...Route) {
 	for _, rt := range routes {
@@ -181,22 +221,33 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// statusWriter records the status code written.
+// statusWriter records the status code written. When the answer starts it
+// sets the connection's write deadline to writeTimeout from then: however
+// long the handler worked, a client that does not read the answer is
+// dropped that long after it starts.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status       int
+	writeTimeout time.Duration
+}
+
+func (w *statusWriter) start(code int) {
+	w.status = code
+	if w.writeTimeout > 0 {
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.writeTimeout)) // ErrNotSupported only off a real connection
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
-		w.status = code
+		w.start(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.start(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -206,6 +257,22 @@ func (w *statusWriter) Flush() {
 		f.Flush()
 	}
 }
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// deadlineWriter gives each write to a streamed answer its own write
+// deadline, timeout from the write's start.
+type deadlineWriter struct {
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.timeout)) // ErrNotSupported only off a real connection
+	return d.w.Write(p)
+}
+
 
 // observe assigns a request id, recovers panics, bounds bodies, and records
 // metrics and a log line for every request.
@@ -215,7 +282,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		id := newRequestID()
 		w.Header().Set("X-Request-Id", id)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &statusWriter{ResponseWriter: w, writeTimeout: s.cfg.WriteTimeout}
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxBodyBytes)
 		defer func() {
@@ -256,6 +323,12 @@ func (s *Server) wrap(rt Route) http.Handler {
 			if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
 				// The token could not be checked (the database did not
 				// answer): that is the server's fault, not the caller's.
+		// A source over its refusals is answered before any work is done
+		// for it, with a token or without.
+		if err := s.refusals.limited(sourceOf(r, s.cfg.Refusals.TrustedProxies), rt.Method+" "+rt.Path); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 				s.writeError(w, r, err)
 				return
 			}
@@ -276,7 +349,12 @@ func (s *Server) wrap(rt Route) http.Handler {
 			// the outer middleware can log it.
 			*r = *r.WithContext(auth.WithPrincipal(r.Context(), p))
 		}
-		if err := rt.handler(w, r); err != nil {
+		q, err := parseQuery(r.URL.RawQuery, rt.Doc.Query)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if err := rt.handler(w, r.WithContext(withQuery(r.Context(), q))); err != nil {
 			s.writeError(w, r, err)
 		}
 	})
@@ -304,19 +382,20 @@ func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
 	return s.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
 }
 
-// deny records a refused request in the audit log. The presented token is
+// deny counts a refused request against its source's limit and audits it:
+// at once as its own auth.denied record when the source was quiet, else in
+// the source's aggregated record (see RefusalConfig). The presented token is
 // never recorded.
 func (s *Server) deny(r *http.Request, rt Route, actor audit.Actor, reason string, cause error) {
-	details := map[string]any{"reason": reason, "method": r.Method, "route": rt.Path, "remote": r.RemoteAddr}
+	src := sourceOf(r, s.cfg.Refusals.TrustedProxies)
+	details := map[string]any{"reason": reason, "method": r.Method, "route": rt.Path, "remote": r.RemoteAddr, "source": src}
 	if rt.Perm != "" {
 		details["permission"] = string(rt.Perm)
 	}
 	if cause != nil {
 		details["cause"] = publicAuthCause(cause)
 	}
-	if err := s.cfg.Audit.Record(r.Context(), audit.Entry{Actor: actor, Action: "auth.denied", Target: rt.Method + " " + rt.Path, Outcome: audit.OutcomeDenied, Details: details}); err != nil {
-		s.log.Error("audit refused request", "request_id", RequestID(r.Context()), "err", err)
-	}
+	s.refusals.refuse(r.Context(), src, reason, audit.Entry{Actor: actor, Action: "auth.denied", Target: rt.Method + " " + rt.Path, Outcome: audit.OutcomeDenied, Details: details})
 }
 
 // publicAuthCause reduces an authentication failure to a phrase that is

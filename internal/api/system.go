@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/errs"
 )
 
@@ -26,8 +27,7 @@ func (s *Server) systemRoutes() []Route {
 			Doc: Operation{Summary: "Liveness: the process is up", Tag: "system", Response: schemaRef("Health"), NoAuth: true}},
 		{Method: "GET", Path: "/readyz", Public: true, handler: s.readyz,
 			Doc: Operation{Summary: "Readiness: the database answers and this node holds the active key-encryption key", Tag: "system", Response: schemaRef("Health"), NoAuth: true, Errors: []int{503}}},
-		{Method: "GET", Path: "/metrics", Public: true, handler: s.metricsHandler,
-			Doc: Operation{Summary: "Prometheus metrics (text exposition format)", Tag: "system", ResponseType: "text/plain", NoAuth: true}},
+		s.metricsRoute(),
 		{Method: "GET", Path: "/api/v1/openapi.json", handler: s.openAPI,
 			Doc: Operation{Summary: "This OpenAPI document", Tag: "system", Response: map[string]any{"type": "object"}}},
 		{Method: "GET", Path: "/api/v1/system", Perm: "system:read", handler: s.system,
@@ -35,6 +35,18 @@ func (s *Server) systemRoutes() []Route {
 		{Method: "GET", Path: "/api/v1/whoami", handler: s.whoami,
 			Doc: Operation{Summary: "The principal the presented token acts as", Tag: "system", Response: schemaRef("Principal")}},
 	}
+}
+
+// metricsRoute is /metrics: public, or with Config.MetricsAuth for any
+// valid token (system:read, which every role has).
+func (s *Server) metricsRoute() Route {
+	rt := Route{Method: "GET", Path: "/metrics", Public: true, handler: s.metricsHandler,
+		Doc: Operation{Summary: "Prometheus metrics (text exposition format)", Tag: "system", ResponseType: "text/plain", NoAuth: true}}
+	if s.cfg.MetricsAuth {
+		rt.Public, rt.Perm, rt.Doc.NoAuth = false, auth.PermSystemRead, false
+		rt.Doc.Summary += "; needs a token (serve --metrics-auth)"
+	}
+	return rt
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {

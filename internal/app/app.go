@@ -180,7 +180,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	}
 	if created {
 		a.AdminToken = secret
-		fmt.Fprintf(opts.Stderr, "\ntrustflow: created the first admin token (shown once; also written to %s):\n\n    %s\n\n", path, secret)
+		showAdminToken(opts.Stderr, opts.Logger, path, secret)
+	}
+	trusted, err := config.ParseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		st.Close()
+		return nil, err
 	}
 
 	a.API = api.New(api.Config{
@@ -191,6 +196,8 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine, Prober: prober,
 		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
+		Refusals: api.RefusalConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst, TrustedProxies: trusted},
+		MaxWait:  cfg.MaxWait, WriteTimeout: cfg.WriteTimeout, MetricsAuth: cfg.MetricsAuth, Clock: opts.Clock,
 		st.Close()
 		return nil, err
 	}
@@ -212,20 +219,13 @@ func (a *App) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("app: listen on %s (is another trustflow running? choose another with --listen): %w", a.cfg.Listen, err)
 	}
-	srv := &http.Server{
-		Handler:           a.Console.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	srv, err := httpServer(a.cfg, a.Console.Handler(), a.log)
+	if err != nil {
+		ln.Close()
+		return err
 	}
-	if a.cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(a.cfg.TLSCert, a.cfg.TLSKey)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("app: --tls-cert/--tls-key: %w", err)
-		}
-		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	ln = newLimitListener(ln, a.cfg.MaxConnections)
+	if srv.TLSConfig != nil {
 		ln = tls.NewListener(ln, srv.TLSConfig)
 	}
 	if err := a.Engine.Start(ctx); err != nil {
@@ -241,6 +241,10 @@ func (a *App) Start(ctx context.Context) error {
 	a.serveErr = make(chan error, 1)
 	go func() {
 		err := srv.Serve(ln)
+	if err := a.API.Start(context.WithoutCancel(ctx)); err != nil {
+		ln.Close()
+		return fmt.Errorf("app: start the API: %w", err)
+	}
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
@@ -308,6 +312,8 @@ func (a *App) Stop() error {
 		}
 		cancel()
 	}
+	// Refusals not yet recorded are written while the database is open.
+	a.API.Stop()
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("app: close database: %w", err))
 	}

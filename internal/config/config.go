@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -32,8 +33,20 @@ const (
 	DefaultMaxBodyBytes  = 1 << 20
 	DefaultShutdownAfter = 15 * time.Second
 	AdminTokenFile       = "admin.token"
-	KEKFileName          = "kek"
-	SQLiteFileName       = "trustflow.db"
+	// DefaultAuthFailRate and DefaultAuthFailBurst bound refused requests
+	// (no valid token, a role without the permission, a bad webhook
+	// signature) per source: 10 a second, 20 at once.
+	DefaultAuthFailRate  = 10.0
+	DefaultAuthFailBurst = 20
+	// DefaultMaxWait caps ?wait= on run starts and webhooks.
+	DefaultMaxWait = 5 * time.Minute
+	// DefaultWriteTimeout bounds writing one answer, and each write of a
+	// streamed one (audit export, KEK rotation progress).
+	DefaultWriteTimeout = 30 * time.Second
+	// DefaultMaxConnections caps open HTTP connections.
+	DefaultMaxConnections = 1024
+	KEKFileName           = "kek"
+	SQLiteFileName        = "trustflow.db"
 )
 
 // Config configures `trustflow serve`. The zero value means "every default";
@@ -109,6 +122,33 @@ func (c Config) WithDefaults() Config {
 	if c.JobTimeout == 0 {
 		c.JobTimeout = 5 * time.Minute
 	}
+	// AuthFailRate is how many refused requests a second one source may
+	// make before it gets 429; AuthFailBurst how many at once. Default 10
+	// and 20.
+	AuthFailRate  float64
+	AuthFailBurst int
+	// TrustedProxies are the CIDRs of reverse proxies whose
+	// X-Forwarded-For names the client. Empty (the default) trusts none:
+	// the source of a request is its peer address.
+	TrustedProxies []string
+	// MaxWait caps ?wait= on run starts and webhooks. Defaults to 5m.
+	MaxWait time.Duration
+	// WriteTimeout bounds writing one answer, and each write of a streamed
+	// one: a client that stops reading is dropped. Defaults to 30s.
+	WriteTimeout time.Duration
+	// MaxConnections caps open HTTP connections; more wait in the kernel's
+	// accept queue. Defaults to 1024.
+	MaxConnections int
+	// MetricsAuth makes /metrics require a valid token (any role: the
+	// system:read permission). Defaults to off.
+	MetricsAuth bool
+	// WebhookWindow is how far a signed webhook's X-Trustflow-Timestamp may
+	// be from the server's clock, either way, and so how long an accepted
+	// signature is remembered to refuse its replay. Defaults to 5m.
+	WebhookWindow time.Duration
+	// WebhookDeliveryTTL is how long an X-Trustflow-Delivery id maps to the
+	// run its first delivery started. Defaults to 24h.
+	WebhookDeliveryTTL time.Duration
 	if c.RescueAfter == 0 {
 		c.RescueAfter = c.JobTimeout + time.Minute
 	}
@@ -152,6 +192,27 @@ func (c Config) Validate() error {
 type Database struct {
 	// Dialect is "sqlite" or "postgres".
 	Dialect string
+	if c.AuthFailRate == 0 {
+		c.AuthFailRate = DefaultAuthFailRate
+	}
+	if c.AuthFailBurst == 0 {
+		c.AuthFailBurst = DefaultAuthFailBurst
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = DefaultMaxWait
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.WebhookWindow == 0 {
+		c.WebhookWindow = DefaultWebhookWindow
+	}
+	if c.WebhookDeliveryTTL == 0 {
+		c.WebhookDeliveryTTL = DefaultWebhookDeliveryTTL
+	}
 	// DSN is what the driver opens: a file path for SQLite, the URL for PostgreSQL.
 	DSN string
 }
@@ -176,6 +237,30 @@ func ParseDatabaseURL(raw, dataDir string) (Database, error) {
 		return Database{Dialect: "sqlite", DSN: strings.TrimPrefix(raw, "file:")}, nil
 	default:
 		return Database{}, fmt.Errorf("--db %q: unknown database; use postgres://user@host:5432/db, sqlite:PATH, or leave it empty for SQLite in the data dir", redactURL(raw))
+	if c.AuthFailRate < 0 || c.AuthFailRate > 1e6 {
+		errs = append(errs, fmt.Errorf("--auth-fail-rate %g: want refused requests a second per source, more than 0 (e.g. 10)", c.AuthFailRate))
+	}
+	if c.AuthFailBurst < 1 || c.AuthFailBurst > 1e6 {
+		errs = append(errs, fmt.Errorf("--auth-fail-burst %d: want 1 or more (e.g. 20)", c.AuthFailBurst))
+	}
+	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxWait < time.Second || c.MaxWait > time.Hour {
+		errs = append(errs, fmt.Errorf("--max-wait %s: want 1s to 1h", c.MaxWait))
+	}
+	if c.WriteTimeout < time.Second || c.WriteTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("--write-timeout %s: want 1s to 1h", c.WriteTimeout))
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > 1<<20 {
+		errs = append(errs, fmt.Errorf("--max-connections %d: want 1 to 1048576", c.MaxConnections))
+	}
+	if c.WebhookWindow < 10*time.Second || c.WebhookWindow > time.Hour {
+		errs = append(errs, fmt.Errorf("--webhook-window %s: want 10s to 1h (e.g. 5m); the same on every node", c.WebhookWindow))
+	}
+	if c.WebhookDeliveryTTL < c.WebhookWindow || c.WebhookDeliveryTTL > 30*24*time.Hour {
+		errs = append(errs, fmt.Errorf("--webhook-delivery-ttl %s: want --webhook-window (%s) to 720h (e.g. 24h)", c.WebhookDeliveryTTL, c.WebhookWindow))
+	}
 	}
 }
 
@@ -195,6 +280,26 @@ type KEKSource struct {
 	// Path is the file (file), the variable name (env), or the whole URI
 	// (pkcs11, parsed by the PKCS#11 layer).
 	Path string
+}
+
+// ParseTrustedProxies parses --trusted-proxy values: CIDRs (10.0.0.0/8)
+// or single addresses (10.0.0.7, taken as /32 or /128).
+func ParseTrustedProxies(raw []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range raw {
+		v = strings.TrimSpace(v)
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-proxy %q: want a CIDR such as 10.0.0.0/8 or an address such as 10.0.0.7", v)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // ParseKEKURI interprets a --kek value.

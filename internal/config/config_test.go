@@ -1,8 +1,10 @@
 package config
 
 import (
+	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -14,7 +16,21 @@ func TestWithDefaults(t *testing.T) {
 	require.Equal(t, filepath.Join(DefaultDataDir, "kek"), c.KEKFile)
 	require.Equal(t, "text", c.LogFormat)
 	require.EqualValues(t, 1<<20, c.MaxBodyBytes)
+	require.Equal(t, DefaultAuthFailRate, c.AuthFailRate)
+	require.Equal(t, DefaultAuthFailBurst, c.AuthFailBurst)
+	require.Equal(t, DefaultMaxWait, c.MaxWait)
+	require.Equal(t, DefaultWriteTimeout, c.WriteTimeout)
+	require.Equal(t, DefaultMaxConnections, c.MaxConnections)
 	require.NoError(t, c.Validate())
+}
+
+func TestParseTrustedProxies(t *testing.T) {
+	got, err := ParseTrustedProxies([]string{"10.1.2.3/8", "192.0.2.7", "2001:db8::/32", "::ffff:198.51.100.1"})
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"),
+		netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("198.51.100.1/32")}, got)
+	_, err = ParseTrustedProxies([]string{"proxy.example"})
+	require.EqualError(t, err, `--trusted-proxy "proxy.example": want a CIDR such as 10.0.0.0/8 or an address such as 10.0.0.7`)
 }
 
 func TestValidateNamesTheFlag(t *testing.T) {
@@ -27,6 +43,12 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"log format", Config{LogFormat: "xml"}, "--log-format"},
 		{"tls half", Config{TLSCert: "a.pem"}, "--tls-cert and --tls-key"},
 		{"db", Config{DatabaseURL: "mysql://x"}, "--db"},
+		{"auth fail rate", Config{AuthFailRate: -1}, "--auth-fail-rate"},
+		{"auth fail burst", Config{AuthFailBurst: -3}, "--auth-fail-burst"},
+		{"trusted proxy", Config{TrustedProxies: []string{"10.0.0.0/33"}}, "--trusted-proxy \"10.0.0.0/33\""},
+		{"max wait", Config{MaxWait: time.Millisecond}, "--max-wait"},
+		{"write timeout", Config{WriteTimeout: 2 * time.Hour}, "--write-timeout"},
+		{"max connections", Config{MaxConnections: -1}, "--max-connections"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
