@@ -140,7 +140,8 @@ func (s *Server) truststoreRoutes() []Route {
 			Doc: Operation{Summary: "Create an identity whose key is generated inside trustflow; returns the CSR", Tag: "identities", Request: schemaRef("CreateIdentityRequest"), Response: schemaRef("CreatedIdentity"), Status: 201, Errors: []int{409}}},
 		{Method: "GET", Path: "/api/v1/identities", Perm: auth.PermIdentitiesRead, handler: s.listIdentities,
 			Doc: Operation{Summary: "List identities", Tag: "identities", Response: listOf("identities", "Identity"),
-				Query: []Param{{Name: "expiring", Desc: "only identities whose active certificate expires within this Go duration, e.g. 720h"}}}},
+				Query: []Param{{Name: "expiring", Desc: "only identities whose active certificate expires within this Go duration, e.g. 720h", Kind: ParamDuration, Min: 1,
+					Message: "is not a positive duration", Hint: "use a Go duration such as 720h"}}}},
 		{Method: "GET", Path: "/api/v1/identities/{name}", Perm: auth.PermIdentitiesRead, handler: s.getIdentity,
 			Doc: Operation{Summary: "Show an identity and its versions (never key material)", Tag: "identities", Response: schemaRef("Identity")}},
 		{Method: "DELETE", Path: "/api/v1/identities/{name}", Perm: auth.PermIdentitiesWrite, handler: s.removeIdentity,
@@ -155,7 +156,8 @@ func (s *Server) truststoreRoutes() []Route {
 			Doc: Operation{Summary: "Delete retired versions and their keys", Tag: "identities", Response: schemaRef("PruneResult")}},
 
 		{Method: "POST", Path: "/api/v1/kek/rotate", Perm: auth.PermKEKWrite, handler: s.rotateKEK,
-			Doc: Operation{Summary: "Re-wrap every sealed value under a new key-encryption key (?progress=true streams JSON lines: {\"rewrapped\":N,\"total\":M}, then {\"result\":...} or {\"error\":...})", Tag: "system", Response: schemaRef("RewrapResult")}},
+			Doc: Operation{Summary: "Re-wrap every sealed value under a new key-encryption key (?progress=true streams JSON lines: {\"rewrapped\":N,\"total\":M}, then {\"result\":...} or {\"error\":...})", Tag: "system", Response: schemaRef("RewrapResult"),
+				Query: []Param{{Name: "progress", Desc: "true streams the progress as JSON lines", Kind: ParamBoolean}}}},
 		{Method: "GET", Path: "/api/v1/kek", Perm: auth.PermKEKWrite, handler: s.kekStatus,
 			Doc: Operation{Summary: "Key custody: the recorded key-encryption keys (ids, never keys), this node's source and readiness, sealed values by column and key", Tag: "system", Response: schemaRef("KEKStatus")}},
 	}
@@ -298,15 +300,7 @@ func (s *Server) createIdentity(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) error {
-	var within time.Duration
-	if v := r.URL.Query().Get("expiring"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return invalidField("expiring", fmt.Sprintf("%q is not a positive duration", v), "use a Go duration such as 720h")
-		}
-		within = d
-	}
-	ids, err := s.cfg.Trust.List(r.Context(), within)
+	ids, err := s.cfg.Trust.List(r.Context(), queryOf(r).Duration("expiring"))
 	if err != nil {
 		return trustError(err)
 	}
@@ -377,6 +371,7 @@ func (s *Server) activateIdentity(w http.ResponseWriter, r *http.Request) error 
 		return trustError(err)
 	}
 	writeJSON(w, http.StatusOK, id)
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	return nil
 }
 
@@ -390,13 +385,20 @@ func (s *Server) pruneIdentity(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, PruneResult{Identity: id, Pruned: pruned})
 	return nil
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 }
 
 func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.RotateKEK == nil {
 		return &Error{Status: http.StatusNotImplemented, Code: "not_available", Message: "this server cannot rotate its key-encryption key", Hint: "run trustflow serve with a file-based KEK"}
 	}
-	if r.URL.Query().Get("progress") != "true" {
+	// A rotation takes as long as the sealed values it re-wraps: no read
+	// deadline (which would cancel it), and a write deadline per answer
+	// or progress line.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})  // ErrNotSupported only off a real connection
+	_ = rc.SetWriteDeadline(time.Time{}) // likewise
+	if !queryOf(r).Bool("progress") {
 		res, err := s.cfg.RotateKEK(r.Context(), actor(r), nil)
 		if err != nil {
 			return kekError(err)
@@ -409,7 +411,6 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
 	line := func(v any) {
 		_ = enc.Encode(v) // a failed write means the client left; the rotation goes on
