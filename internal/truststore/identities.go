@@ -188,14 +188,14 @@ func (s *Service) parseMaterial(ctx context.Context, m Material) (parsedMaterial
 	if err := pki.KeyMatchesCertificate(p.key, p.leaf); err != nil {
 		return p, fieldError("key", err)
 	}
-	if err := s.checkCertificate(p.leaf, p.chain, m.AllowExpired); err != nil {
+	if err := s.checkCertificate(ctx, p.leaf, p.chain, m.AllowExpired); err != nil {
 		return p, err
 	}
 	return p, nil
 }
 
 // checkCertificate applies the client-certificate checks to leaf and chain.
-func (s *Service) checkCertificate(leaf *x509.Certificate, chain []*x509.Certificate, allowExpired bool) error {
+func (s *Service) checkCertificate(ctx context.Context, leaf *x509.Certificate, chain []*x509.Certificate, allowExpired bool) error {
 	if err := pki.CheckClientAuth(leaf); err != nil {
 		return fieldError("cert", err)
 	}
@@ -217,7 +217,7 @@ func (s *Service) checkCertificate(leaf *x509.Certificate, chain []*x509.Certifi
 			}
 		}
 	}
-	return nil
+	return s.checkIdentityRules(ctx, leaf)
 }
 
 // aad binds a sealed key to its row.
@@ -384,6 +384,9 @@ func (s *Service) generate(spec GenerateSpec) (crypto.Signer, []byte, string, er
 			return nil, nil, "", fieldError("key_type", err)
 		}
 	}
+	if e := keyFault(key.Public(), s.currentPolicy().Document().Identities, "key type "+keyType+" is"); e != nil {
+		return nil, nil, "", e.WithField("key_type")
+	}
 	csr, err := pki.CreateCSR(key, subject, spec.DNSNames)
 	if err != nil {
 		return nil, nil, "", fieldError("dns", err)
@@ -491,7 +494,7 @@ func (s *Service) InstallCertificate(ctx context.Context, actor audit.Actor, req
 	if err != nil {
 		return Identity{}, err
 	}
-	if err := s.checkCertificate(leaf, chain, req.AllowExpired); err != nil {
+	if err := s.checkCertificate(ctx, leaf, chain, req.AllowExpired); err != nil {
 		return Identity{}, err
 	}
 	var out Identity

@@ -555,10 +555,12 @@ func TestFIPSPolicy(t *testing.T) {
 		require.NoError(t, err)
 		e.importLeaf(t, "ed25519", e.client(t, "ed", truststoretest.KeyType("ed25519")))
 
-		// Without FIPS, the same weak key is accepted.
+		// Without FIPS, the same weak key is refused all the same: every
+		// server would refuse it (the policy's identities.min_rsa_bits).
 		plain := e.service(t, e.svc.Keyring())
 		_, err = plain.Import(ctx, alice, req)
-		require.NoError(t, err)
+		ie = requireInputError(t, err, pki.CodeWeakKey, "key")
+		require.Contains(t, ie.Message, "RSA-1024")
 	})
 }
 

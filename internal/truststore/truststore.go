@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/clock"
@@ -48,6 +49,10 @@ type Config struct {
 	// never closes; the composition root passes one and closes it at
 	// shutdown.
 	HSM *hsm.Tokens
+	// Policy returns the policy whose identity rules (key sizes, lifetime,
+	// clientAuth) every imported or installed certificate must meet; nil
+	// means the default policy.
+	Policy func() *policy.Policy
 	// RevalidateAfter is how long the handshake path trusts its cached
 	// active identity before re-reading its revision. Changes made through
 	// this Service take effect at once; this bounds the delay for changes
