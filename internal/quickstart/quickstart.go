@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"github.com/trustflow/trustflow/internal/apiclient"
 	"github.com/trustflow/trustflow/internal/app"
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/policy"
 )
 
 // Names of what the quickstart creates.
@@ -164,10 +166,16 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		say("   and installed the certificate: version %d, serial %s.", v.Version, v.Serial)
 	}
 
+	rule, err := allowEndpoint(ctx, c, endpoint.url)
+	if err != nil {
+		return res, err
+	}
 	if err := ensureConnector(ctx, c, endpoint.url); err != nil {
 		return res, err
 	}
 	say("5. Created connector %q: %s, auth mtls, presenting %q, trusting %q.", ConnectorName, endpoint.url, IdentityName, CAName)
+	say("   The egress policy denies loopback addresses, so the quickstart allowed its own endpoint: %s ports %s", rule.Host, rule.Ports)
+	say("   (`trustflow policy show` lists it; `trustflow policy disallow --host %s --ports %s` removes it).", rule.Host, rule.Ports)
 
 	test, err := c.TestConnector(ctx, ConnectorName, "")
 	if err != nil {
@@ -293,6 +301,20 @@ func ensureIdentity(ctx context.Context, c *apiclient.Client, ca *demoCA, now ti
 		return apiclient.Identity{}, fmt.Errorf("quickstart: install the demo identity's certificate: %w", err)
 	}
 	return ident, nil
+}
+
+// allowEndpoint adds the egress rule that opens the demo endpoint, which
+// listens on loopback, a destination the policy denies by default.
+func allowEndpoint(ctx context.Context, c *apiclient.Client, endpoint string) (policy.Rule, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return policy.Rule{}, fmt.Errorf("quickstart: the demo endpoint's URL: %w", err)
+	}
+	rule := policy.Rule{Host: u.Hostname(), Ports: u.Port()}
+	if _, err := c.AllowEgress(ctx, rule); err != nil {
+		return policy.Rule{}, fmt.Errorf("quickstart: allow the demo endpoint in the egress policy: %w", err)
+	}
+	return rule, nil
 }
 
 func ensureConnector(ctx context.Context, c *apiclient.Client, url string) error {
