@@ -50,6 +50,12 @@ func ConnectorSecretAAD(connectorID string) []byte {
 // WebhookSecretAAD binds a flow's webhook HMAC secret to the flow.
 func WebhookSecretAAD(flow string) []byte { return []byte("trustflow/flow/" + flow + "/webhook") }
 
+// WebhookPreviousSecretAAD binds the webhook secret a rotation replaced
+// (valid until its overlap ends) to the flow.
+func WebhookPreviousSecretAAD(flow string) []byte {
+	return []byte("trustflow/flow/" + flow + "/webhook/previous")
+}
+
 // RunInputAAD binds a run's whole input to the run.
 func RunInputAAD(runID string) []byte { return []byte("trustflow/run/" + runID + "/input") }
 
@@ -66,6 +72,8 @@ var sealedColumns = []SealedColumn{
 		AAD: func(k []any) []byte { return ConnectorSecretAAD(asString(k[0])) }},
 	{Name: "webhook secret", Table: "flows", Column: "webhook_secret", KEKColumn: "kek_id", Key: []string{"name"},
 		AAD: func(k []any) []byte { return WebhookSecretAAD(asString(k[0])) }},
+	{Name: "previous webhook secret", Table: "flows", Column: "webhook_secret_previous", KEKColumn: "webhook_secret_previous_kek_id", Key: []string{"name"},
+		AAD: func(k []any) []byte { return WebhookPreviousSecretAAD(asString(k[0])) }},
 	{Name: "run input", Table: "runs", Column: "input_sealed", KEKColumn: "kek_id", Key: []string{"id"},
 		AAD: func(k []any) []byte { return RunInputAAD(asString(k[0])) }},
 	{Name: "step state", Table: "run_steps", Column: "state", KEKColumn: "state_kek_id", Key: []string{"run_id", "path"}, Text: true,
