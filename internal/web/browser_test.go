@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/app"
+	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/truststore/truststoretest"
 )
 
@@ -63,6 +66,12 @@ func TestBrowser(t *testing.T) {
 
 	ca := truststoretest.NewCA(t)
 	server := newMTLSServer(t, ca)
+	// The server listens on loopback, which the egress policy opens only
+	// by an explicit rule.
+	su, err := url.Parse(server.URL)
+	require.NoError(t, err)
+	_, err = a.Policy.Allow(ctx, audit.System, policy.Rule{Host: su.Hostname(), Ports: su.Port()})
+	require.NoError(t, err)
 	first, second := ca.IssueClient(t, "directory-client"), ca.IssueClient(t, "directory-client")
 	files := map[string][]byte{"ca.pem": ca.CertPEM(), "v1.pem": first.CertPEM(), "v1.key": first.KeyPEM(), "v2.pem": second.CertPEM(), "v2.key": second.KeyPEM()}
 	for name, b := range files {

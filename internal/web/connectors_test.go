@@ -135,6 +135,24 @@ func TestConnectorEditPage(t *testing.T) {
 	require.NoError(t, json.Unmarshal(e.lastAudit(t, "connector.update").Details, &details))
 	require.Equal(t, false, details["secret_changed"])
 
+	// Moving the stored secret elsewhere through the form is refused (409)
+	// and changes nothing: the form must carry the secret again.
+	before, err = e.connectors.Get(ctx, "api")
+	require.NoError(t, err)
+	for _, form := range []url.Values{
+		{"url": {"https://127.0.0.1:29004"}, "cas": {"root"}, "timeout": {"20s"}},
+		{"url": {f.server.URL + "/elsewhere"}, "cas": {"root"}, "timeout": {"20s"}},
+		{"url": {f.server.URL}, "cas": {"root"}, "server_name": {"attacker.example"}, "timeout": {"20s"}},
+	} {
+		resp, body = b.post("/ui/connectors/api/update", form)
+		require.Equal(t, http.StatusConflict, resp.StatusCode, body)
+		require.Contains(t, body, "without sending the secret again")
+		require.NotContains(t, body, token)
+	}
+	after, err = e.connectors.Get(ctx, "api")
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+
 	// Removal needs the confirmation box.
 	resp, body = b.post("/ui/connectors/api/remove", nil)
 	require.Equal(t, http.StatusBadRequest, resp.StatusCode)

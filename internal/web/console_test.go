@@ -558,7 +558,7 @@ func TestFlowPages(t *testing.T) {
 	b := e.signIn(t, e.admin)
 	bad := "apiVersion: trustflow/v1\nkind: Flow\nname: broken\ntrigger: {manual: {}}\nsteps:\n  - id: a\n    teleport: {}\n"
 	resp, body := b.post("/ui/editor", url.Values{"source": {bad}, "filename": {"broken.yaml"}})
-	require.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
 	require.Contains(t, body, "nothing was stored")
 	require.Regexp(t, `line \d+, column \d+`, body)
 	require.Contains(t, body, "teleport")
@@ -575,7 +575,7 @@ func TestFlowPages(t *testing.T) {
 	require.Contains(t, body, `name="in.count"`)
 
 	resp, body = b.post("/ui/flows/greet/runs", url.Values{"in.count": {"many"}})
-	require.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
 	require.Contains(t, body, "user_id")
 	resp, _ = b.post("/ui/flows/greet/runs", url.Values{"in.user_id": {"7"}, "in.count": {"3"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
