@@ -37,19 +37,54 @@ var (
 	ErrInvalid error = &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Op: "auth", Message: "the token request is invalid"}
 )
 
+// Why a credential was refused: stored in the audit record of the refusal,
+// never told to the caller (who learns only that it was refused).
+const (
+	ReasonNoCredentials = "no Authorization header"
+	ReasonNotBearer     = "authorization scheme is not Bearer"
+	ReasonBadPrefix     = "does not start with"
+	ReasonBadLength     = "wrong length"
+	ReasonBadAlphabet   = "not base64url"
+	ReasonUnknown       = "unknown token"
+	ReasonRevoked       = "is revoked"
+	ReasonExpired       = "expired"
+)
+
+// denial carries a refusal's reason under ErrUnauthenticated.
+type denial struct{ reason, detail string }
+
+func (d *denial) Error() string { return d.detail }
+
+// Unauthenticated is an ErrUnauthenticated error whose reason (one of the
+// Reason* constants) the audit log records; detail is for the server log.
+func Unauthenticated(reason, detail string) error {
+	e := *(ErrUnauthenticated.(*errs.Error))
+	e.Err = &denial{reason: reason, detail: detail}
+	return &e
+}
+
+// DenyReason returns the Reason* of a refusal, or "invalid token".
+func DenyReason(err error) string {
+	var d *denial
+	if errors.As(err, &d) {
+		return d.reason
+	}
+	return "invalid token"
+}
+
 // ParseToken checks a presented token's form and returns the hash under
 // which it is stored. It does not touch the database.
 func ParseToken(s string) (hash string, err error) {
 	if !strings.HasPrefix(s, TokenPrefix) {
-		return "", fmt.Errorf("%w: token does not start with %q", ErrUnauthenticated, TokenPrefix)
+		return "", Unauthenticated(ReasonBadPrefix, fmt.Sprintf("token does not start with %q", TokenPrefix))
 	}
 	body := s[len(TokenPrefix):]
 	if len(body) != base64.RawURLEncoding.EncodedLen(secretBytes) {
-		return "", fmt.Errorf("%w: token has the wrong length", ErrUnauthenticated)
+		return "", Unauthenticated(ReasonBadLength, "token has the wrong length")
 	}
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(body)
 	if err != nil || len(raw) != secretBytes {
-		return "", fmt.Errorf("%w: token is not base64url", ErrUnauthenticated)
+		return "", Unauthenticated(ReasonBadAlphabet, "token is not base64url")
 	}
 	return hashSecret(s), nil
 }
@@ -126,16 +161,16 @@ func (s *Service) Authenticate(ctx context.Context, presented string) (Principal
 	}
 	t, err := s.store.TokenBySecretHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
-		return Principal{}, fmt.Errorf("%w: unknown token", ErrUnauthenticated)
+		return Principal{}, Unauthenticated(ReasonUnknown, "unknown token")
 	}
 	if err != nil {
 		return Principal{}, fmt.Errorf("auth: authenticate: %w", err)
 	}
 	if t.RevokedAt != nil {
-		return Principal{}, fmt.Errorf("%w: token %s is revoked", ErrUnauthenticated, t.ID)
+		return Principal{}, Unauthenticated(ReasonRevoked, "token "+t.ID+" is revoked")
 	}
 	if t.ExpiresAt != nil && !s.clock.Now().Before(*t.ExpiresAt) {
-		return Principal{}, fmt.Errorf("%w: token %s expired", ErrUnauthenticated, t.ID)
+		return Principal{}, Unauthenticated(ReasonExpired, "token "+t.ID+" expired")
 	}
 	return Principal{TokenID: t.ID, Name: t.Name, Role: Role(t.Role)}, nil
 }
