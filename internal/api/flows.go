@@ -2,16 +2,12 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/flow"
@@ -34,7 +30,7 @@ func (s *Server) flowRoutes() []Route {
 	}
 	runFilters := []Param{{Name: "flow", Desc: "flow name"}, {Name: "status", Desc: "queued, running, sleeping, succeeded, failed or cancelled"},
 		{Name: "since", Desc: "RFC 3339, created at or after"}, {Name: "until", Desc: "RFC 3339, created before"}, {Name: "limit", Desc: "1-1000 (default 100)"}}
-	return []Route{
+	return append([]Route{
 		{Method: "POST", Path: "/api/v1/flows", Perm: auth.PermFlowsWrite, handler: s.applyFlows,
 			Doc: Operation{Summary: "Apply flow documents (YAML or JSON): all validated, then stored as new versions when changed", Tag: "flows", Request: schemaRef("ApplyRequest"), Response: listOf("flows", "AppliedFlow")}},
 		{Method: "GET", Path: "/api/v1/flows", Perm: auth.PermFlowsRead, handler: s.listFlows,
@@ -56,11 +52,7 @@ func (s *Server) flowRoutes() []Route {
 			Doc: Operation{Summary: "Cancel a run", Tag: "runs", Response: schemaRef("Run"), Errors: []int{409}}},
 		{Method: "POST", Path: "/api/v1/runs/{id}/retry", Perm: auth.PermRunsWrite, handler: s.retryRun,
 			Doc: Operation{Summary: "Restart a failed run from its failed step", Tag: "runs", Response: schemaRef("Run"), Errors: []int{409}}},
-		{Method: "POST", Path: "/hooks/{flow}", Public: true, handler: s.webhook,
-			Doc: Operation{Summary: "Start a run of a flow with a webhook trigger: bearer token (operator) or X-Trustflow-Signature: sha256=<HMAC of the body>; the JSON body is the input", Tag: "runs",
-				Request: map[string]any{"type": "object"}, Response: schemaRef("Run"), Status: 202, Errors: []int{400, 401, 404, 413}, NoAuth: true,
-				Query: []Param{{Name: "wait", Desc: "Go duration to wait for the run's output (at most 5m)"}}}},
-	}
+	}, s.hookRoutes()...)
 }
 
 func problemsError(ps []flow.Problem, code, msg string) *Error {
@@ -165,7 +157,12 @@ func (s *Server) startAndAnswer(w http.ResponseWriter, r *http.Request, req engi
 	if err != nil {
 		return engineError(err)
 	}
-	status := http.StatusAccepted
+	return s.answerRun(w, r, run, http.StatusAccepted, wait)
+}
+
+// answerRun writes run with status, or, with a wait, the run as it is when
+// it ends or the wait is over (200 when it ended).
+func (s *Server) answerRun(w http.ResponseWriter, r *http.Request, run engine.RunView, status int, wait time.Duration) error {
 	if wait > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		defer cancel()
@@ -251,62 +248,4 @@ func (s *Server) retryRun(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, run)
 	return nil
-}
-
-// webhook starts a run of a flow whose trigger is a webhook. It takes a
-// bearer token with the operator permission, or (for hmac webhooks) the
-// body's HMAC-SHA256 under the flow's secret; refusals are audited.
-func (s *Server) webhook(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("flow")
-	wait, err := parseWait(r)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	mode, err := s.cfg.Engine.WebhookAuth(r.Context(), name)
-	if err != nil {
-		return engineError(err)
-	}
-	if mode == "" {
-		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", name), Hint: "set trigger: {webhook: {auth: token}} in the flow"}
-	}
-	rt := Route{Method: "POST", Path: "/hooks/{flow}", Perm: auth.PermRunsWrite}
-	var who audit.Actor
-	if sig := r.Header.Get("X-Trustflow-Signature"); sig != "" && mode == "hmac" {
-		ok, err := s.cfg.Engine.VerifyWebhookSignature(r.Context(), name, body, sig)
-		if err != nil {
-			return engineError(err)
-		}
-		if !ok {
-			s.deny(r, rt, audit.Actor{ID: "webhook", Name: "webhook:" + name}, "bad signature", nil)
-			return &Error{Status: http.StatusUnauthorized, Code: "bad_signature", Message: "the X-Trustflow-Signature does not match the body",
-				Hint: "sign the exact body: sha256=<hex HMAC-SHA256 with the flow's webhook secret>"}
-		}
-		who = audit.Actor{ID: "webhook", Name: "webhook:" + name, Role: "webhook"}
-	} else {
-		p, err := s.authenticate(r)
-		if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
-			return err
-		}
-		if err != nil {
-			s.deny(r, rt, audit.Actor{ID: "anonymous", Name: "anonymous"}, "unauthenticated", err)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="trustflow"`)
-			return errUnauthenticated(err)
-		}
-		if !p.Role.Can(auth.PermRunsWrite) {
-			s.deny(r, rt, auth.ActorOf(p), "forbidden", nil)
-			return &Error{Status: http.StatusForbidden, Code: "forbidden", Message: "role " + string(p.Role) + " may not start runs", Hint: "use a token with role operator, editor or admin"}
-		}
-		who = auth.ActorOf(p)
-	}
-	var input map[string]any
-	if len(strings.TrimSpace(string(body))) > 0 {
-		if err := json.Unmarshal(body, &input); err != nil {
-			return badRequest("invalid_json", "the webhook body must be a JSON object: "+err.Error(), "send the run's input as a JSON object")
-		}
-	}
-	return s.startAndAnswer(w, r, engine.StartRequest{Flow: name, Input: input, Trigger: "webhook", Actor: who}, wait)
 }

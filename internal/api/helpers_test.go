@@ -52,6 +52,9 @@ type env struct {
 	// so that every route the server can serve is registered.
 	trust      *truststore.Service
 	connectors *connector.Service
+	// eng is the engine behind the flow routes; its workers run only in
+	// tests that start it.
+	eng *engine.Engine
 	// admin is the bootstrap admin token's secret and adminP its principal.
 	admin  string
 	adminP auth.Principal
@@ -106,6 +109,7 @@ func newEnv(t testing.TB, st *store.Store, cfg api.Config) *env {
 		cfg.Probe = prober
 	}
 	cfg.Engine = eng
+	e.eng = eng
 	cfg.Logger = logger
 	e.server = api.New(cfg)
 	return e

@@ -156,7 +156,8 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	}
 	a.Trust.SetInUse(a.Connectors.InUse)
 	a.Engine, err = engine.New(ctx, engine.Config{Store: st, Audit: a.Audit, Connectors: a.Connectors, Trust: a.Trust, Clock: opts.Clock,
-		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, KeysReady: a.Keys.Ready})
+		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, KeysReady: a.Keys.Ready,
+		WebhookWindow: cfg.WebhookWindow, WebhookDeliveryTTL: cfg.WebhookDeliveryTTL})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("app: engine: %w", err)

@@ -216,7 +216,60 @@ func newFlowCmd(g *globals) *cobra.Command {
 	run.Flags().BoolVar(&wait, "wait", false, "wait for the run to end and print its result")
 	run.Flags().DurationVar(&waitFor, "wait-timeout", 5*time.Minute, "how long --wait waits (at most 5m)")
 
-	cmd.AddCommand(apply, list, show, remove, run)
+	cmd.AddCommand(apply, list, show, remove, run, newWebhookSecretCmd(g))
+	return cmd
+}
+
+// newWebhookSecretCmd is `flow webhook-secret show|rotate`: the HMAC secret
+// that signs a flow's webhook requests (see docs/flows.md, "Signing
+// webhooks").
+func newWebhookSecretCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "webhook-secret", Short: "Show or rotate the HMAC secret of a flow's webhook (trigger: {webhook: {auth: hmac}})"}
+	show := &cobra.Command{
+		Use:   "show FLOW",
+		Short: "Print the webhook secret (reading it is audited)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			secret, err := c.WebhookSecret(contextOf(cmd), args[0])
+			if err != nil {
+				return err
+			}
+			return g.render(map[string]string{"secret": secret}, func(w io.Writer) { fmt.Fprintln(w, secret) })
+		},
+	}
+	var overlap time.Duration
+	rotate := &cobra.Command{
+		Use:   "rotate FLOW [--overlap 24h]",
+		Short: "Give the webhook a new secret, printed once; the old one keeps verifying for --overlap, then is forgotten",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if overlap < 0 {
+				return flagError("--overlap", overlap.String()+" is negative", "give a duration such as 24h, or 0s to forget the old secret at once")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			rot, err := c.RotateWebhookSecret(contextOf(cmd), args[0], overlap)
+			if err != nil {
+				return err
+			}
+			return g.render(rot, func(w io.Writer) {
+				if rot.PreviousValidUntil != nil {
+					fmt.Fprintf(w, "rotated the webhook secret of flow %s; the previous one verifies until %s\n", args[0], rot.PreviousValidUntil.Format(time.RFC3339))
+				} else {
+					fmt.Fprintf(w, "rotated the webhook secret of flow %s; the previous one no longer verifies\n", args[0])
+				}
+				fmt.Fprintf(w, "\nNew secret (shown once, give it to the sender now):\n%s\n", rot.Secret)
+			})
+		},
+	}
+	rotate.Flags().DurationVar(&overlap, "overlap", 24*time.Hour, "how long the old secret keeps verifying (0s: not at all; at most 720h)")
+	cmd.AddCommand(show, rotate)
 	return cmd
 }
 

@@ -49,6 +49,15 @@ const (
 	SQLiteFileName        = "trustflow.db"
 )
 
+// Webhook defaults.
+const (
+	// DefaultWebhookWindow is how far a signed webhook's timestamp may be
+	// from the server's clock.
+	DefaultWebhookWindow = 5 * time.Minute
+	// DefaultWebhookDeliveryTTL is how long a webhook delivery id is kept.
+	DefaultWebhookDeliveryTTL = 24 * time.Hour
+)
+
 // Config configures `trustflow serve`. The zero value means "every default";
 // call WithDefaults then Validate before use.
 type Config struct {

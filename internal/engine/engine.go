@@ -82,6 +82,13 @@ type Config struct {
 	// key-encryption key; while it returns an error the node takes no run
 	// job (each is snoozed for another node, or for later).
 	KeysReady func() error
+	// WebhookWindow is how far a signed webhook's timestamp may be from
+	// this node's clock, either way; an accepted request's signature is
+	// remembered (and its replay refused) that long. Defaults to 5m.
+	WebhookWindow time.Duration
+	// WebhookDeliveryTTL is how long an X-Trustflow-Delivery id maps to the
+	// run its first delivery started. Defaults to 24h.
+	WebhookDeliveryTTL time.Duration
 }
 
 // Engine runs flows.
@@ -100,6 +107,8 @@ type Engine struct {
 
 	waitMu  sync.Mutex
 	waiters map[string][]chan struct{}
+
+	hookDummy webhookDummy
 
 	stopSync context.CancelFunc
 }
@@ -126,6 +135,12 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.Budget > cfg.JobTimeout/2 {
 		cfg.Budget = cfg.JobTimeout / 2
+	}
+	if cfg.WebhookWindow <= 0 {
+		cfg.WebhookWindow = DefaultWebhookWindow
+	}
+	if cfg.WebhookDeliveryTTL <= 0 {
+		cfg.WebhookDeliveryTTL = DefaultWebhookDeliveryTTL
 	}
 	if cfg.Node == "" {
 		id, err := newID("node_")

@@ -2,9 +2,7 @@ package engine
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -370,48 +368,4 @@ func (e *Engine) WebhookSecret(ctx context.Context, actor audit.Actor, name stri
 		return "", err
 	}
 	return string(raw), nil
-}
-
-// WebhookAuth says how a flow's webhook is authenticated: "" when the flow
-// has no webhook trigger, else "token" or "hmac".
-func (e *Engine) WebhookAuth(ctx context.Context, name string) (string, error) {
-	head, err := e.st.FlowByName(ctx, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return "", &NotFoundError{Kind: "flow", Name: name}
-	} else if err != nil {
-		return "", err
-	}
-	kind, auth, _ := strings.Cut(head.TriggerKind, ":")
-	if kind != "webhook" {
-		return "", nil
-	}
-	if auth == "" {
-		auth = "token"
-	}
-	return auth, nil
-}
-
-// VerifyWebhookSignature checks an X-Trustflow-Signature header
-// ("sha256=<hex HMAC-SHA256 of the body>") against the flow's secret.
-func (e *Engine) VerifyWebhookSignature(ctx context.Context, name string, body []byte, header string) (bool, error) {
-	head, err := e.st.FlowByName(ctx, name)
-	if err != nil || len(head.WebhookSecret) == 0 {
-		return false, err
-	}
-	raw, err := e.trust.OpenSecret(head.WebhookSecret, webhookAAD(name))
-	if err != nil {
-		return false, err
-	}
-	defer clear(raw)
-	got, ok := strings.CutPrefix(header, "sha256=")
-	if !ok {
-		return false, nil
-	}
-	sig, err := hex.DecodeString(got)
-	if err != nil {
-		return false, nil
-	}
-	mac := hmac.New(sha256.New, raw)
-	mac.Write(body)
-	return hmac.Equal(sig, mac.Sum(nil)), nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -826,17 +827,20 @@ func TestWebhookStartsRuns(t *testing.T) {
 		secret, err := e.eng.WebhookSecret(ctx, admin, "hook-hmac")
 		require.NoError(t, err)
 		body := `{"user":"bea"}`
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
 		mac := hmac.New(sha256.New, []byte(secret))
-		mac.Write([]byte(body))
-		sig := "sha256=" + hex.EncodeToString(mac.Sum(nil))
-		code, run = post("/hooks/hook-hmac?wait=20s", body, map[string]string{"X-Trustflow-Signature": sig})
+		mac.Write([]byte(ts + "." + body))
+		signed := map[string]string{"X-Trustflow-Timestamp": ts, "X-Trustflow-Signature": "v1=" + hex.EncodeToString(mac.Sum(nil))}
+		code, run = post("/hooks/hook-hmac?wait=20s", body, signed)
 		require.Equal(t, http.StatusOK, code)
 		require.Equal(t, engine.StatusSucceeded, run.Status, "%+v", run.Error)
 		require.Equal(t, map[string]any{"hello": "bea"}, run.Output)
 		require.Equal(t, "webhook", run.Trigger)
 
-		code, _ = post("/hooks/hook-hmac", `{"user":"eve"}`, map[string]string{"X-Trustflow-Signature": sig})
+		code, _ = post("/hooks/hook-hmac", `{"user":"eve"}`, signed)
 		require.Equal(t, http.StatusUnauthorized, code, "the signature covers the exact body")
+		code, _ = post("/hooks/hook-hmac", body, signed)
+		require.Equal(t, http.StatusConflict, code, "a replay starts nothing")
 		code, _ = post("/hooks/classify", `{}`, map[string]string{"Authorization": "Bearer " + operator})
 		require.Equal(t, http.StatusNotFound, code)
 

@@ -53,7 +53,8 @@ func (e *Engine) scheduleSpecs(ctx context.Context) ([]queue.Schedule, error) {
 
 // SyncSchedules registers this node's periodic triggers from the flows in
 // the database. It runs at start, after each local apply or removal, and
-// every ScheduleSync (another node's changes).
+// every ScheduleSync (another node's changes); webhook state whose time is
+// up is purged on the same tick.
 func (e *Engine) SyncSchedules(ctx context.Context) error {
 	specs, err := e.scheduleSpecs(ctx)
 	if err != nil {
@@ -75,6 +76,9 @@ func (e *Engine) syncLoop(ctx context.Context) {
 		case <-t.C:
 			if err := e.SyncSchedules(ctx); err != nil && ctx.Err() == nil {
 				e.log.Warn("sync schedules", "err", err)
+			}
+			if err := e.PurgeWebhooks(ctx); err != nil && ctx.Err() == nil {
+				e.log.Warn("purge webhooks", "err", err)
 			}
 		}
 	}
