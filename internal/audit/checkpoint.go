@@ -45,6 +45,25 @@ type Checkpoint struct {
 	Signature string `json:"signature"`
 }
 
+// checkpointJSON is a checkpoint's JSON form, its time written as it is
+// signed.
+type checkpointJSON struct {
+	Seq       int64  `json:"seq"`
+	HeadHash  string `json:"head_hash"`
+	KeyedFrom int64  `json:"keyed_from"`
+	Time      string `json:"time"`
+	KeyID     string `json:"key_id"`
+	PublicKey string `json:"public_key"`
+	Signature string `json:"signature"`
+}
+
+// MarshalJSON writes the time as the signed message has it (UTC, exactly
+// six fractional digits), so the JSON holds the signed text field by field.
+func (c Checkpoint) MarshalJSON() ([]byte, error) {
+	return json.Marshal(checkpointJSON{Seq: c.Seq, HeadHash: c.HeadHash, KeyedFrom: c.KeyedFrom, Time: c.Time.UTC().Format(timeLayout),
+		KeyID: c.KeyID, PublicKey: c.PublicKey, Signature: c.Signature})
+}
+
 // SignedMessage returns the bytes the signature covers: six lines, each
 // ending in a newline,
 //

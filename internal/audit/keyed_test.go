@@ -639,43 +639,52 @@ func TestCheckpointIsALogLine(t *testing.T) {
 	require.True(t, v.OK, v.Problem)
 }
 
-// TestCheckpointVerifiesWithOpenSSL checks what an assessor does without
-// trustflow or any secret: the public key `audit status` prints, the
-// signed message of docs/security.md and openssl.
+// TestCheckpointVerifiesWithOpenSSL runs what an assessor does without
+// trustflow or any secret (docs/security.md, "How an assessor verifies"):
+// the public key `audit status` prints, the checkpoint as `audit checkpoint
+// -o json` prints it, jq and openssl. The clock is at .120000 seconds, so
+// the signed time has trailing zeros.
 func TestCheckpointVerifiesWithOpenSSL(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl is not installed")
+	for _, tool := range []string{"openssl", "jq", "bash", "base64"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " is not installed")
+		}
 	}
 	st := storetest.Open(t, store.SQLite)
 	ctx := context.Background()
-	log := openKeyed(t, st, t.TempDir(), nil)
+	log := openKeyed(t, st, t.TempDir(), clock.NewFake(t0.Add(120*time.Millisecond)))
 	appendN(t, log, st, 3)
 	cp, err := log.Checkpoint(ctx, nil)
 	require.NoError(t, err)
 	status, err := log.Status(ctx)
 	require.NoError(t, err)
 	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(p, data, 0o600))
-		return p
-	}
-	sig, err := base64.StdEncoding.DecodeString(cp.Signature)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "audit-public.pem"), []byte(status.PublicKeyPEM), 0o600))
+	printed, err := json.MarshalIndent(cp, "", "  ")
 	require.NoError(t, err)
-	pub := write("pub.pem", []byte(status.PublicKeyPEM))
-	sigFile := write("sig", sig)
-	msg := fmt.Sprintf("trustflow-audit-checkpoint-v1\nseq=%d\nhead_hash=%s\nkeyed_from=%d\ntime=%s\nkey_id=%s\n",
-		cp.Seq, cp.HeadHash, cp.KeyedFrom, cp.Time.Format("2006-01-02T15:04:05.000000Z"), cp.KeyID)
-	require.Equal(t, msg, string(cp.SignedMessage()), "the documented message")
-	verify := func(message string) (string, error) {
-		out, err := exec.Command("openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in", write("msg", []byte(message)), "-sigfile", sigFile).CombinedOutput()
+	require.Contains(t, string(printed), `"time": "2026-03-01T10:00:00.120000Z"`)
+	require.Equal(t, fmt.Sprintf("trustflow-audit-checkpoint-v1\nseq=%d\nhead_hash=%s\nkeyed_from=%d\ntime=2026-03-01T10:00:00.120000Z\nkey_id=%s\n",
+		cp.Seq, cp.HeadHash, cp.KeyedFrom, cp.KeyID), string(cp.SignedMessage()), "the documented message")
+	// The commands of docs/security.md, as written there.
+	script := `jq -r '"trustflow-audit-checkpoint-v1\nseq=\(.seq)\nhead_hash=\(.head_hash)\nkeyed_from=\(.keyed_from)\ntime=\(.time)\nkey_id=\(.key_id)"' cp.json > msg
+jq -r .signature cp.json | base64 -d > sig
+openssl pkeyutl -verify -pubin -inkey audit-public.pem -rawin -in msg -sigfile sig`
+	verify := func(checkpoint []byte) (string, error) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "cp.json"), checkpoint, 0o600))
+		cmd := exec.Command("bash", "-e", "-c", script)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	out, err := verify(msg)
+	out, err := verify(printed)
 	require.NoError(t, err, out)
 	require.Contains(t, out, "Signature Verified Successfully")
-	out, err = verify(strings.Replace(msg, fmt.Sprintf("seq=%d", cp.Seq), fmt.Sprintf("seq=%d", cp.Seq-1), 1))
+	forged := cp
+	forged.Seq--
+	b, err := json.Marshal(forged)
+	require.NoError(t, err)
+	out, err = verify(b)
 	require.Error(t, err, "a changed checkpoint fails: %s", out)
 }
 
@@ -871,4 +880,20 @@ func TestParseCheckpointNamesTheField(t *testing.T) {
 	_, err = audit.ParseCheckpoint(bytes.Repeat([]byte(" "), audit.MaxCheckpointSize+1))
 	require.ErrorContains(t, err, fmt.Sprintf("%d-byte limit", audit.MaxCheckpointSize))
 	require.True(t, errors.Is(err, &errs.Error{Kind: errs.TooLarge}))
+}
+
+// TestOpenRefusesADatabaseBehindTheDataDirsCheckpoint: a data dir whose
+// checkpoint covers more records than the database holds (the database was
+// replaced by an empty one) is not keyed over silently.
+func TestOpenRefusesADatabaseBehindTheDataDirsCheckpoint(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first := storetest.Open(t, store.SQLite)
+	log := openKeyed(t, first, dir, nil)
+	appendN(t, log, first, 9)
+	_, err := log.Checkpoint(context.Background(), nil)
+	require.NoError(t, err)
+	_, err = tryOpen(storetest.Open(t, store.SQLite), dir, nil)
+	require.ErrorContains(t, err, "audit chain broken at record 2: records 2 to 10 were removed")
+	require.ErrorContains(t, err, "move that file aside and start again")
 }

@@ -179,6 +179,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.key, l.keyedFrom = key, want.KeyedFrom
 	if l.Registered {
 		if _, err := l.Checkpoint(ctx, nil); err != nil {
+			var broken *BrokenError
+			if errors.As(err, &broken) && l.checkpointFile() != "" {
+				return nil, fmt.Errorf("audit: the first checkpoint of this database: %w; if this database replaced the one the data dir's %s describes on purpose "+
+					"(a new or restored database), move that file aside and start again", err, CheckpointFileName)
+			}
 			return nil, err
 		}
 	}
