@@ -125,7 +125,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, fmt.Errorf("app: open database: %w", err)
 	}
 	a := &App{cfg: cfg, log: opts.Logger, Store: st, tokens: tokens}
-	a.Audit = audit.New(st, opts.Clock)
+	if a.Audit, err = openAudit(ctx, cfg, st, opts); err != nil {
+		st.Close()
+		return nil, err
+	}
 	a.Auth = auth.NewService(st, a.Audit, opts.Clock)
 	// The keyring is settled before anything can seal: the node refuses
 	// to start without the database's active KEK, and finishes an
@@ -238,6 +241,10 @@ func (a *App) Start(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("app: start key-encryption key checks: %w", err)
 	}
+	if err := a.Audit.Start(context.WithoutCancel(ctx)); err != nil {
+		ln.Close()
+		return fmt.Errorf("app: start audit checkpoints: %w", err)
+	}
 	a.ln, a.srv = ln, srv
 	a.serveErr = make(chan error, 1)
 	go func() {
@@ -306,6 +313,7 @@ func (a *App) Stop() error {
 		}
 	}
 	a.Keys.Stop()
+	a.Audit.Stop()
 	if a.engineStarted {
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 		if err := a.Engine.Stop(ctx); err != nil {

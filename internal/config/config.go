@@ -22,6 +22,7 @@ const (
 	EnvToken       = "TRUSTFLOW_TOKEN"
 	EnvKEKFile     = "TRUSTFLOW_KEK_FILE"
 	EnvKEK         = "TRUSTFLOW_KEK"
+	EnvAuditKey    = "TRUSTFLOW_AUDIT_KEY"
 )
 
 // Defaults.
@@ -47,6 +48,17 @@ const (
 	DefaultMaxConnections = 1024
 	KEKFileName           = "kek"
 	SQLiteFileName        = "trustflow.db"
+)
+
+// Audit key defaults.
+const (
+	// AuditKeyFileName is the default audit key file in the data dir.
+	AuditKeyFileName = "audit.key"
+	// DefaultAuditCheckpointEvery and DefaultAuditCheckpointRecords say
+	// when a periodic audit checkpoint is made: 5 minutes after the
+	// latest, or 1000 records, whichever comes first.
+	DefaultAuditCheckpointEvery   = 5 * time.Minute
+	DefaultAuditCheckpointRecords = 1000
 )
 
 // Webhook defaults.
@@ -77,6 +89,16 @@ type Config struct {
 	// or a PKCS#11 URI (pkcs11:token=T;object=O?module-path=...). Defaults to
 	// file://KEKFile.
 	KEK string
+	// AuditKey names where the audit key (which chains audit records and
+	// signs checkpoints) lives: file://PATH or env://NAME. Defaults to
+	// file://DataDir/audit.key.
+	AuditKey string
+	// AuditCheckpointEvery is how long after the latest audit checkpoint a
+	// new one is made, if records were appended. Defaults to 5m.
+	AuditCheckpointEvery time.Duration
+	// AuditCheckpointRecords is how many records appended since the latest
+	// checkpoint make a new one sooner. Defaults to 1000.
+	AuditCheckpointRecords int64
 	// AllowMissingKEK starts the server even when sealed values name
 	// key-encryption keys the KEK source does not hold (audited).
 	AllowMissingKEK bool
@@ -115,6 +137,15 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.KEK == "" {
 		c.KEK = "file://" + c.KEKFile
+	}
+	if c.AuditKey == "" {
+		c.AuditKey = "file://" + filepath.Join(c.DataDir, AuditKeyFileName)
+	}
+	if c.AuditCheckpointEvery == 0 {
+		c.AuditCheckpointEvery = DefaultAuditCheckpointEvery
+	}
+	if c.AuditCheckpointRecords == 0 {
+		c.AuditCheckpointRecords = DefaultAuditCheckpointRecords
 	}
 	if c.LogFormat == "" {
 		c.LogFormat = DefaultLogFormat
@@ -190,6 +221,15 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseKEKURI(c.KEK); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := ParseAuditKeyURI(c.AuditKey); err != nil {
+		errs = append(errs, err)
+	}
+	if c.AuditCheckpointEvery < MinAuditCheckpointEvery || c.AuditCheckpointEvery > MaxAuditCheckpointEvery {
+		errs = append(errs, fmt.Errorf("--audit-checkpoint-every %s: want %s to %s (e.g. 5m)", c.AuditCheckpointEvery, MinAuditCheckpointEvery, MaxAuditCheckpointEvery))
+	}
+	if c.AuditCheckpointRecords < 1 || c.AuditCheckpointRecords > MaxAuditCheckpointRecords {
+		errs = append(errs, fmt.Errorf("--audit-checkpoint-records %d: want 1 to %d (e.g. 1000)", c.AuditCheckpointRecords, MaxAuditCheckpointRecords))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
@@ -309,6 +349,37 @@ func ParseTrustedProxies(raw []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// Bounds of the audit checkpoint settings.
+const (
+	MinAuditCheckpointEvery   = time.Second
+	MaxAuditCheckpointEvery   = 24 * time.Hour
+	MaxAuditCheckpointRecords = 1_000_000
+)
+
+// ParseAuditKeyURI interprets an --audit-key value: file://PATH or
+// env://NAME, with the rules of a --kek value. An audit key in a PKCS#11
+// token is not supported yet.
+func ParseAuditKeyURI(raw string) (KEKSource, error) {
+	switch {
+	case strings.HasPrefix(raw, "pkcs11:"):
+		return KEKSource{}, errors.New("--audit-key pkcs11:: an audit key in a PKCS#11 token is not supported yet; use file://PATH (the default, DATA_DIR/audit.key) or env://NAME")
+	case strings.HasPrefix(raw, "file://"):
+		p := strings.TrimPrefix(raw, "file://")
+		if p == "" {
+			return KEKSource{}, errors.New("--audit-key file://: needs a path, e.g. file:///var/lib/trustflow/audit.key")
+		}
+		return KEKSource{Scheme: "file", Path: p}, nil
+	case strings.HasPrefix(raw, "env://"):
+		name := strings.TrimPrefix(raw, "env://")
+		if name == "" || strings.ContainsAny(name, "=\x00 /") {
+			return KEKSource{}, fmt.Errorf("--audit-key env://: needs an environment variable name, e.g. env://TRUSTFLOW_AUDIT_KEY_VALUE (got %q)", name)
+		}
+		return KEKSource{Scheme: "env", Path: name}, nil
+	default:
+		return KEKSource{}, errors.New("--audit-key: unknown audit key source; use file://PATH (the default, DATA_DIR/audit.key) or env://NAME (a variable holding 32 bytes in standard base64)")
+	}
 }
 
 // ParseKEKURI interprets a --kek value.
