@@ -127,20 +127,3 @@ func (c *client) currentPolicy() *policy.Policy {
 	}
 	return c.policy()
 }
-
-// applyTLSFloor raises cfg to the policy's TLS floor: its minimum version,
-// and its suites and curves when it names them.
-func applyTLSFloor(cfg *tls.Config, p *policy.Policy) {
-	if p == nil {
-		return
-	}
-	if v := p.MinVersion(); v > cfg.MinVersion {
-		cfg.MinVersion = v
-	}
-	if s := p.CipherSuites(); len(s) > 0 {
-		cfg.CipherSuites = s
-	}
-	if c := p.Curves(); len(c) > 0 {
-		cfg.CurvePreferences = c
-	}
-}

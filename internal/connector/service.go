@@ -19,7 +19,6 @@ import (
 	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/store"
-	"github.com/trustflow/trustflow/internal/truststore"
 )
 
 // Config configures the connector service. Store, Audit and Trust are
@@ -27,7 +26,7 @@ import (
 type Config struct {
 	Store *store.Store
 	Audit *audit.Log
-	Trust *truststore.Service
+	Trust TrustStore
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to slog.Default().
@@ -50,7 +49,7 @@ type Service struct {
 	cfg        Config
 	store      *store.Store
 	audit      *audit.Log
-	trust      *truststore.Service
+	trust      TrustStore
 	clock      clock.Clock
 	log        *slog.Logger
 	auditCalls bool

@@ -22,7 +22,7 @@ import (
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/store"
-	"github.com/trustflow/trustflow/internal/truststore"
+	"github.com/trustflow/trustflow/internal/tlsconfig"
 )
 
 // client is one connector's pooled HTTP client, built from one state of the
@@ -38,7 +38,7 @@ type client struct {
 	settings   AuthSettings
 	headers    map[string]string
 	secrets    Secrets
-	trust      *truststore.Service
+	trust      TrustStore
 	clock      clock.Clock
 	systemPool []*x509.Certificate
 	fips       bool
@@ -93,18 +93,11 @@ func (s *sessionCache) Clear() {
 	s.mu.Unlock()
 }
 
-// fipsSuites are the TLS 1.2 suites allowed in FIPS mode (TLS 1.3 suites
-// are chosen by crypto/tls, which restricts them itself in FIPS mode).
-var fipsSuites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-}
-
 // dialFunc dials a TCP connection.
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // newClient builds the client for one state of a connector.
-func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust *truststore.Service, clk clock.Clock, fips bool,
+func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust TrustStore, clk clock.Clock, fips bool,
 	sysRoots func() ([]*x509.Certificate, error), pol func() *policy.Policy) (*client, error) {
 	base, err := url.Parse(conn.URL)
 	if err != nil {
@@ -140,21 +133,8 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	minVersion := uint16(tls.VersionTLS12)
-	if conn.MinTLS == "1.3" {
-		minVersion = tls.VersionTLS13
-	}
-	c.tlsBase = &tls.Config{
-		MinVersion:         minVersion,
-		RootCAs:            pool,
-		ServerName:         c.serverName,
-		NextProtos:         []string{"h2", "http/1.1"},
-		ClientSessionCache: c.sessions,
-	}
-	if fips {
-		c.tlsBase.CipherSuites = fipsSuites
-		c.tlsBase.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384}
-	}
+	c.tlsBase = tlsconfig.Client(tlsconfig.ClientOptions{ServerName: c.serverName, MinTLS: conn.MinTLS, Roots: pool,
+		NextProtos: []string{"h2", "http/1.1"}, Sessions: c.sessions, FIPS: fips})
 	var dialer dialFunc = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
 	if pol != nil {
 		// Every address is checked against the policy just before connect.
@@ -204,7 +184,7 @@ func (c *client) dialTLS(ctx context.Context, dial dialFunc, network, addr strin
 	}
 	ev := &connEvidence{}
 	cfg := c.tlsBase.Clone()
-	applyTLSFloor(cfg, c.currentPolicy())
+	tlsconfig.ApplyPolicy(cfg, c.currentPolicy(), c.fips)
 	serverName := c.serverName
 	if host, _, err := net.SplitHostPort(addr); err == nil && host != c.base.Hostname() {
 		// Another host reached through this connector: its OAuth2 token endpoint.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/pki"
 	"github.com/trustflow/trustflow/internal/policy"
+	"github.com/trustflow/trustflow/internal/tlsconfig"
 )
 
 // settleRead is how long a check waits, right after a TLS 1.3 handshake,
@@ -105,29 +106,7 @@ func (p *Prober) run(ctx context.Context, t *target) (Report, error) {
 // server treats a client it should refuse: anonymous, untrusted, TLS 1.0
 // and 1.1. A maxVersion of 0 means the newest.
 func observeConfig(t *target, minVersion, maxVersion uint16) *tls.Config {
-	cfg := &tls.Config{
-		ServerName: t.serverName,
-		MinVersion: minVersion,
-		MaxVersion: maxVersion,
-		// The probe must observe the server's client-auth behaviour even
-		// before its chain is trusted, and nothing secret is sent on these
-		// connections: no identity, no credentials, at most a bare GET.
-		// server_chain_valid verifies the chain properly, with pki.Verify.
-		InsecureSkipVerify: true,
-		// A server that asks for client certificates per location does so
-		// by renegotiating (TLS 1.2): let it, so that the probe sees it.
-		Renegotiation: tls.RenegotiateOnceAsClient,
-	}
-	if maxVersion != 0 && maxVersion < tls.VersionTLS12 {
-		// Offer every suite the old version can use: the check asks whether
-		// the server accepts the version at all.
-		for _, s := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
-			if slices.Contains(s.SupportedVersions, maxVersion) {
-				cfg.CipherSuites = append(cfg.CipherSuites, s.ID)
-			}
-		}
-	}
-	return cfg
+	return tlsconfig.Observe(t.serverName, minVersion, maxVersion)
 }
 
 // chainError is a server chain that pki.Verify refused during the
@@ -145,24 +124,25 @@ func (p *Prober) identityConfig(t *target) *tls.Config {
 	for _, c := range t.anchors {
 		pool.AddCert(c)
 	}
-	return &tls.Config{
-		ServerName:    t.serverName,
-		MinVersion:    tls.VersionTLS12,
-		RootCAs:       pool,
-		Time:          p.clock.Now,
-		Renegotiation: tls.RenegotiateOnceAsClient,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return &chainError{errors.New("the server sent no certificate")}
-			}
-			_, err := pki.Verify(cs.PeerCertificates[0], pki.VerifyOptions{Roots: t.anchors, Intermediates: cs.PeerCertificates[1:],
-				DNSName: t.serverName, Time: p.clock.Now(), Purpose: pki.PurposeServer})
-			if err != nil {
-				return &chainError{err}
-			}
-			return nil
-		},
+	var pol *policy.Policy
+	if p.policy != nil {
+		pol = p.policy()
 	}
+	cfg := tlsconfig.Client(tlsconfig.ClientOptions{ServerName: t.serverName, Roots: pool, Policy: pol})
+	cfg.Time = p.clock.Now
+	cfg.Renegotiation = tls.RenegotiateOnceAsClient
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return &chainError{errors.New("the server sent no certificate")}
+		}
+		_, err := pki.Verify(cs.PeerCertificates[0], pki.VerifyOptions{Roots: t.anchors, Intermediates: cs.PeerCertificates[1:],
+			DNSName: t.serverName, Time: p.clock.Now(), Purpose: pki.PurposeServer})
+		if err != nil {
+			return &chainError{err}
+		}
+		return nil
+	}
+	return cfg
 }
 
 // connect makes one check's connection with cfg, presenting cert when the

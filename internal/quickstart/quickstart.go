@@ -28,6 +28,7 @@ import (
 	"github.com/trustflow/trustflow/internal/app"
 	"github.com/trustflow/trustflow/internal/config"
 	"github.com/trustflow/trustflow/internal/policy"
+	"github.com/trustflow/trustflow/internal/tlsconfig"
 )
 
 // Names of what the quickstart creates.
@@ -364,7 +365,7 @@ func startEndpoint(ca *demoCA, now time.Time) (*endpoint, error) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	e.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool()}}
+		TLSConfig: tlsconfig.Server(tlsconfig.ServerOptions{Certificates: []tls.Certificate{cert}, RequireClientCert: true, ClientCAs: ca.pool()})}
 	go func() {
 		if err := e.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fmt.Fprintln(os.Stderr, "quickstart: demo endpoint:", err)
