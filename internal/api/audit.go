@@ -1,12 +1,15 @@
 package api
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // AuditPage is GET /api/v1/audit: newest first; pass next_cursor back as
@@ -30,9 +33,59 @@ func (s *Server) auditRoutes() []Route {
 				Query: append(filters, Param{Name: "limit", Desc: "page size, 1-1000 (default 100)"}, Param{Name: "cursor", Desc: "next_cursor of the previous page"})}},
 		{Method: "GET", Path: "/api/v1/audit/verify", Perm: auth.PermAuditRead, handler: s.verifyAudit,
 			Doc: Operation{Summary: "Walk the hash chain and report the first broken record", Tag: "audit", Response: schemaRef("AuditVerification")}},
+		{Method: "POST", Path: "/api/v1/audit/verify", Perm: auth.PermAuditRead, handler: s.verifyAuditCheckpoint,
+			Doc: Operation{Summary: "Walk the chain and check it against a given signed checkpoint (refused when it is not this deployment's)", Tag: "audit",
+				Request: schemaRef("AuditVerifyRequest"), Response: schemaRef("AuditVerification"), Errors: []int{413}}},
 		{Method: "GET", Path: "/api/v1/audit/export", Perm: auth.PermAuditRead, handler: s.exportAudit,
-			Doc: Operation{Summary: "Export audit records, oldest first, as JSON lines (for a SIEM)", Tag: "audit", ResponseType: "application/x-ndjson", Query: filters}},
+			Doc: Operation{Summary: "Export audit records, oldest first, as JSON lines (for a SIEM), with each checkpoint as a {\"checkpoint\": ...} line", Tag: "audit", ResponseType: "application/x-ndjson", Query: filters}},
+		{Method: "POST", Path: "/api/v1/audit/checkpoints", Perm: auth.PermAuditRead, handler: s.createAuditCheckpoint,
+			Doc: Operation{Summary: "Verify the records since the latest checkpoint, then sign the head (audited as audit.checkpoint)", Tag: "audit",
+				Response: schemaRef("AuditCheckpoint"), Status: http.StatusCreated, Errors: []int{409, 503}}},
+		{Method: "GET", Path: "/api/v1/audit/status", Perm: auth.PermAuditRead, handler: s.auditStatus,
+			Doc: Operation{Summary: "The audit key's id and checkpoint public key, where the chain is keyed from, and the latest checkpoints", Tag: "audit",
+				Response: schemaRef("AuditStatus"), Errors: []int{503}}},
 	}
+}
+
+// AuditVerifyRequest is POST /api/v1/audit/verify: a checkpoint as `audit
+// checkpoint -o json` printed it.
+type AuditVerifyRequest struct {
+	Checkpoint json.RawMessage `json:"checkpoint"`
+}
+
+// auditSchemas are the OpenAPI schemas of the audit routes.
+func auditSchemas() map[string]any {
+	checkpoint := obj([]string{"seq", "head_hash", "keyed_from", "time", "key_id", "public_key", "signature"}, map[string]any{
+		"seq": integer, "head_hash": str, "keyed_from": integer, "time": dateTime, "key_id": str,
+		"public_key": map[string]any{"type": "string", "description": "raw Ed25519 public key, standard base64"},
+		"signature":  map[string]any{"type": "string", "description": "Ed25519 signature of the checkpoint's signed message (docs/security.md), standard base64"}})
+	return map[string]any{
+		"AuditCheckpoint":    checkpoint,
+		"AuditVerifyRequest": obj([]string{"checkpoint"}, map[string]any{"checkpoint": schemaRef("AuditCheckpoint")}),
+		"AuditVerification": obj([]string{"ok", "records", "head_seq", "head_hash"}, map[string]any{
+			"ok": boolean, "records": integer, "head_seq": integer, "head_hash": str, "first_bad_seq": integer, "problem": str,
+			"key_id": str, "keyed_from": integer, "checkpoints": integer, "checkpoint_seq": integer, "checkpoint_time": dateTime,
+			"checkpoint_source": enum("given", "data dir", "database"),
+		}),
+		"AuditStatus": obj([]string{"key_id", "public_key", "public_key_pem", "keyed_from", "head_seq", "head_hash", "checkpoint_every", "checkpoint_records"}, map[string]any{
+			"key_id": str, "public_key": str, "public_key_pem": str, "keyed_from": integer, "head_seq": integer, "head_hash": str,
+			"latest_checkpoint": schemaRef("AuditCheckpoint"), "data_dir_checkpoint": schemaRef("AuditCheckpoint"),
+			"checkpoint_every": str, "checkpoint_records": integer}),
+	}
+}
+
+// checkpointError names the request field of a checkpoint's error:
+// "checkpoint.seq", or "checkpoint" for one about the whole document.
+func checkpointError(err error) error {
+	e, ok := errs.As(err)
+	if !ok {
+		return err
+	}
+	field := "checkpoint"
+	if e.Field != "" {
+		field += "." + e.Field
+	}
+	return e.WithField(field)
 }
 
 func parseAuditFilter(r *http.Request) (audit.Filter, error) {
@@ -96,6 +149,46 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (s *Server) verifyAuditCheckpoint(w http.ResponseWriter, r *http.Request) error {
+	var req AuditVerifyRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	if len(req.Checkpoint) == 0 || strings.TrimSpace(string(req.Checkpoint)) == "null" {
+		return invalidField("checkpoint", "is required", "send {\"checkpoint\": ...} with a checkpoint as `trustflow audit checkpoint -o json` printed it")
+	}
+	cp, err := audit.ParseCheckpoint(req.Checkpoint)
+	if err != nil {
+		return checkpointError(err)
+	}
+	v, err := s.cfg.Audit.VerifyCheckpoint(r.Context(), cp)
+	if err != nil {
+		return checkpointError(err)
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (s *Server) createAuditCheckpoint(w http.ResponseWriter, r *http.Request) error {
+	by := actor(r)
+	// A broken chain is logged by the audit log, at error level.
+	cp, err := s.cfg.Audit.Checkpoint(r.Context(), &by)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, cp)
+	return nil
+}
+
+func (s *Server) auditStatus(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Audit.Status(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
 	return nil
 }
 

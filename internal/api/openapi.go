@@ -71,7 +71,7 @@ func componentSchemas() map[string]any {
 	record := obj([]string{"seq", "time", "actor", "action", "target", "outcome", "details", "prev_hash", "hash"}, map[string]any{
 		"seq": integer, "time": dateTime, "actor": actor, "action": str, "target": str,
 		"outcome": enum("success", "failure", "denied"), "details": map[string]any{"type": "object"},
-		"prev_hash": str, "hash": str,
+		"prev_hash": str, "hash": str, "key_id": map[string]any{"type": "string", "description": "the audit key whose HMAC-SHA256 hash is; absent for a record from before the audit key (hash is then SHA-256)"},
 	})
 	certInfo := obj([]string{"serial", "subject", "issuer", "fingerprint_sha256", "not_before", "not_after", "key_type"}, map[string]any{
 		"serial": str, "subject": str, "issuer": str, "fingerprint_sha256": str, "not_before": dateTime, "not_after": dateTime,
@@ -177,14 +177,15 @@ func componentSchemas() map[string]any {
 		"CreateTokenRequest": obj([]string{"name", "role"}, map[string]any{"name": str, "role": enum("admin", "editor", "operator", "auditor"), "expires_in": map[string]any{"type": "string", "description": "Go duration, e.g. 720h"}}),
 		"AuditRecord":        record,
 		"AuditPage":          obj([]string{"records"}, map[string]any{"records": map[string]any{"type": "array", "items": schemaRef("AuditRecord")}, "next_cursor": str}),
-		"AuditVerification": obj([]string{"ok", "records", "head_seq", "head_hash"}, map[string]any{
-			"ok": boolean, "records": integer, "head_seq": integer, "head_hash": str, "first_bad_seq": integer, "problem": str,
-		}),
 	} {
 		schemas[k] = v
 	}
 	// The probe route's schemas live beside it, in probe.go.
 	for k, v := range probeSchemas() {
+		schemas[k] = v
+	}
+	// The audit routes' schemas live beside them, in audit.go.
+	for k, v := range auditSchemas() {
 		schemas[k] = v
 	}
 	return schemas

@@ -71,6 +71,9 @@ type AuditRecord struct {
 	Details  json.RawMessage `json:"details"`
 	PrevHash string          `json:"prev_hash"`
 	Hash     string          `json:"hash"`
+	// KeyID is the audit key whose HMAC-SHA256 Hash is; empty for a
+	// record from before the audit key (Hash is then SHA-256).
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // AuditPage is one page of audit records, newest first.
@@ -113,6 +116,17 @@ type AuditVerification struct {
 	HeadHash    string `json:"head_hash"`
 	FirstBadSeq int64  `json:"first_bad_seq,omitempty"`
 	Problem     string `json:"problem,omitempty"`
+	// KeyID and KeyedFrom: the audit key the chain is keyed under, from
+	// which record.
+	KeyID     string `json:"key_id,omitempty"`
+	KeyedFrom int64  `json:"keyed_from,omitempty"`
+	// Checkpoints is how many signed checkpoints the chain was checked
+	// against; CheckpointSeq, CheckpointTime and CheckpointSource describe
+	// the newest (or the given one).
+	Checkpoints      int        `json:"checkpoints,omitempty"`
+	CheckpointSeq    int64      `json:"checkpoint_seq,omitempty"`
+	CheckpointTime   *time.Time `json:"checkpoint_time,omitempty"`
+	CheckpointSource string     `json:"checkpoint_source,omitempty"`
 }
 
 // VerifyAudit asks the server to walk the audit chain.

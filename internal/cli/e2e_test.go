@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/fips140"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -170,17 +171,35 @@ func TestTokenAndAuditCommands(t *testing.T) {
 			for _, rec := range page.Records {
 				actions = append(actions, rec.Action)
 			}
-			require.Equal(t, []string{"token.revoke", "auth.denied", "auth.denied", "token.create", "token.create", "kek.record"}, actions, "newest first; the first start records its KEK id")
+			require.Equal(t, []string{"token.revoke", "auth.denied", "token.create", "token.create", "kek.record", "audit.key.record"}, actions,
+				"newest first; the first start keys the audit chain, then records its KEK id; the two refusals of one source make one auth.denied record")
+			n := int64(len(page.Records))
+			keyID := page.Records[n-1].KeyID
+			for _, rec := range page.Records {
+				require.Equal(t, keyID, rec.KeyID, "every record is keyed under the audit key")
+			}
 			var exported []int64
+			var checkpoints []int64
 			sc := bufio.NewScanner(strings.NewReader(s.ok(t, "audit", "export", "--action", "token.*")))
 			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), `{"checkpoint":`) {
+					checkpoints = append(checkpoints, e2eStrict[struct {
+						Checkpoint apiclient.AuditCheckpoint `json:"checkpoint"`
+					}](t, sc.Text()).Checkpoint.Seq)
+					continue
+				}
 				exported = append(exported, e2eStrict[apiclient.AuditRecord](t, sc.Text()).Seq)
 			}
-			require.Equal(t, []int64{2, 3, 6}, exported)
+			require.Equal(t, []int64{3, 4, n}, exported)
+			require.Equal(t, []int64{1}, checkpoints, "the export carries the first start's checkpoint")
 
 			v := e2eStrict[apiclient.AuditVerification](t, s.ok(t, "audit", "verify", "-o", "json"))
-			require.Equal(t, apiclient.AuditVerification{OK: true, Records: 6, HeadSeq: 6, HeadHash: page.Records[0].Hash}, v)
-			require.Equal(t, "audit chain intact: 6 records, head 6 "+page.Records[0].Hash+"\n", s.ok(t, "audit", "verify"))
+			require.NotNil(t, v.CheckpointTime)
+			require.Equal(t, apiclient.AuditVerification{OK: true, Records: n, HeadSeq: n, HeadHash: page.Records[0].Hash, KeyID: keyID, KeyedFrom: 1,
+				Checkpoints: 2, CheckpointSeq: 1, CheckpointTime: v.CheckpointTime, CheckpointSource: "data dir"}, v)
+			require.Equal(t, fmt.Sprintf("audit chain intact: %d records, head %d %s\n", n, n, page.Records[0].Hash)+
+				"keyed with HMAC-SHA256 under audit key "+keyID+" from record 1; matches 2 checkpoints, the newest checkpoint of record 1 signed "+v.CheckpointTime.UTC().Format(time.RFC3339)+" (data dir)\n",
+				s.ok(t, "audit", "verify"))
 
 			// Tampering with a record makes verify fail and name the record.
 			_, err = s.app.Store.DB().Exec("UPDATE audit_records SET actor_name = 'mallory' WHERE seq = 2")
