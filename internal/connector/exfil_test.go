@@ -2,10 +2,12 @@ package connector_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -306,5 +308,67 @@ func TestConnectorURLRules(t *testing.T) {
 		_, err := e.conns.Create(ctx, admin, connector.Spec{Name: "ok", URL: ok, CAs: []string{"demo"}})
 		require.NoError(t, err, ok)
 		require.NoError(t, e.conns.Remove(ctx, admin, "ok"))
+	}
+}
+
+// echo answers with everything the request carried, in the forms an
+// upstream might reflect it: raw headers in the body, the Authorization
+// header back as a response header, base64 and URL-encoded copies.
+var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var b strings.Builder
+	_ = r.Header.Write(&b)
+	all := b.String()
+	w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
+	w.Header().Set("X-Echo-Key", r.Header.Get("X-API-Key"))
+	w.Header().Set("Content-Type", "application/json")
+	out, _ := json.Marshal(map[string]any{"headers": all, "b64": base64.StdEncoding.EncodeToString([]byte(all)),
+		"query": url.QueryEscape(all), "upper": strings.ToUpper(all)})
+	_, _ = w.Write(out)
+})
+
+// TestEchoedSecretsAreNotReturned: whatever an upstream echoes, the
+// connector's answer (what a step stores) holds none of its secrets in any
+// usual form.
+func TestEchoedSecretsAreNotReturned(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := sqliteEnv(t)
+	e.addCA(t, "demo", e.ca)
+	e.addIdentity(t, "svc", e.ca)
+	srv := startServer(t, echo, serverConfig(e.ca.IssueServer(t, "127.0.0.1"), e.ca.Pool()), true)
+	const accessToken = "at-0123456789abcdef/+="
+	idp := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"`+accessToken+`","token_type":"Bearer","expires_in":3600}`)
+	}), serverConfig(e.ca.IssueServer(t, "127.0.0.1"), nil), false)
+	for _, tc := range []struct {
+		name, auth string
+		settings   connector.AuthSettings
+		secrets    connector.Secrets
+		secret     string
+		forms      []string
+	}{
+		{"basic", connector.AuthBasic, connector.AuthSettings{Username: "hr-sync"}, connector.Secrets{Password: "pa55-w0rd/+"}, "pa55-w0rd/+",
+			[]string{base64.StdEncoding.EncodeToString([]byte("hr-sync:pa55-w0rd/+"))}},
+		{"bearer", connector.AuthBearer, connector.AuthSettings{}, connector.Secrets{Token: "tok.bearer+123=="}, "tok.bearer+123==",
+			[]string{url.QueryEscape("tok.bearer+123=="), base64.StdEncoding.EncodeToString([]byte("tok.bearer+123=="))}},
+		{"apikey", connector.AuthAPIKey, connector.AuthSettings{HeaderName: "X-API-Key"}, connector.Secrets{APIKey: "key-\"quoted\"-456"}, "key-\"quoted\"-456",
+			[]string{`key-\"quoted\"-456`}},
+		{"oauth", connector.AuthOAuth2, connector.AuthSettings{TokenURL: idp.URL + "/token", ClientID: "tf"}, connector.Secrets{ClientSecret: "client-secret-789"}, accessToken,
+			[]string{url.QueryEscape(accessToken), base64.StdEncoding.EncodeToString([]byte(accessToken))}},
+	} {
+		sp := mtlsSpec("echo-"+tc.name, srv)
+		sp.Auth, sp.AuthSettings, sp.Secrets = tc.auth, tc.settings, tc.secrets
+		e.create(t, sp)
+		resp, err := e.conns.Do(ctx, sp.Name, connector.Request{Path: "/"})
+		require.NoError(t, err)
+		var whole strings.Builder
+		whole.Write(resp.Body)
+		_ = resp.Header.Write(&whole)
+		got := whole.String()
+		require.Contains(t, got, "[redacted]", tc.name)
+		for _, f := range append([]string{tc.secret}, tc.forms...) {
+			require.NotContains(t, got, f, "%s: form %q", tc.name, f)
+		}
 	}
 }

@@ -47,6 +47,10 @@ type client struct {
 	// dial opens the TCP connection under the policy.
 	dial dialFunc
 
+	// secretForms are the connector's secrets in every form an echoing
+	// upstream could send them back in (see redactResponse).
+	secretForms []string
+
 	tlsBase   *tls.Config
 	sessions  *sessionCache
 	transport *http.Transport
@@ -112,6 +116,7 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 	if err := decodeStored(conn, &c.pins, &c.settings); err != nil {
 		return nil, err
 	}
+	c.secretForms = secretForms(secrets.values(), c.settings.Username)
 	if err := json.Unmarshal([]byte(conn.Headers), &c.headers); err != nil {
 		return nil, fmt.Errorf("connector: %s: stored headers: %w", conn.Name, err)
 	}
