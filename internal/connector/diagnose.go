@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/policy"
@@ -126,7 +127,7 @@ func (c *client) diagnose(ctx context.Context, err error, ev *Evidence) *CallErr
 	case strings.Contains(err.Error(), "tls: server selected unsupported protocol version"),
 		strings.Contains(err.Error(), "tls: protocol version not supported"):
 		ce.Diagnosis = Diagnosis{Code: "tls_version_too_old", Message: fmt.Sprintf("the server of connector %s offers only a TLS version below %s", name, c.minTLSName()),
-			Hint: "upgrade the server to TLS 1.2 or later; trustflow never uses TLS 1.0 or 1.1"}
+			Hint: c.versionHint()}
 	case isAlert(err):
 		alert, _ := remoteAlert(err)
 		ce.Diagnosis = c.diagnoseAlert(alert)
@@ -164,8 +165,58 @@ func isAlert(err error) bool {
 	return ok
 }
 
+// minTLSName is the lowest version this connector offers: its own
+// --min-tls, raised by the policy's floor.
 func (c *client) minTLSName() string {
-	return "TLS " + c.conn.MinTLS
+	if c.minVersion() == tls.VersionTLS13 {
+		return "TLS 1.3"
+	}
+	return "TLS 1.2"
+}
+
+func (c *client) minVersion() uint16 {
+	v := c.tlsBase.MinVersion
+	if p := c.currentPolicy(); p != nil && p.MinVersion() > v {
+		v = p.MinVersion()
+	}
+	return v
+}
+
+// versionHint says how to fix a server whose versions are all below ours:
+// the connector's --min-tls 1.3, or the policy's floor, may be what is too
+// high, not the server too old.
+func (c *client) versionHint() string {
+	if c.minVersion() != tls.VersionTLS13 {
+		return "upgrade the server to TLS 1.2 or later; trustflow never uses TLS 1.0 or 1.1"
+	}
+	if c.conn.MinTLS == "1.3" {
+		return "the server speaks only TLS 1.2: enable TLS 1.3 on it, or lower the connector's floor with `trustflow connector update " + c.conn.Name + " --min-tls 1.2`"
+	}
+	return "the server speaks only TLS 1.2 and the policy's floor is TLS 1.3 (tls.min_version): enable TLS 1.3 on the server, or have an admin lower the floor"
+}
+
+// withBudget makes a timeout's diagnosis name the limit that ran out: the
+// caller's (a step's timeout) when it was shorter than the connector's.
+func (c *client) withBudget(ctx context.Context, start time.Time, ce *CallError) *CallError {
+	if ce == nil || ce.Code != "timeout" {
+		return ce
+	}
+	b := c.budget(ctx, start)
+	ce.Message = fmt.Sprintf("connector %s: no answer from %s within %s", c.conn.Name, c.base.Host, b)
+	if b < c.timeout {
+		ce.Hint = fmt.Sprintf("the caller's timeout (%s, e.g. the step's timeout) is shorter than the connector's (%s): raise the step's timeout if the server is known to be slow", b, c.timeout)
+	}
+	return ce
+}
+
+// budget is how long a call may take: the connector's timeout, or less when
+// the caller's deadline (a step's timeout) comes first.
+func (c *client) budget(ctx context.Context, start time.Time) time.Duration {
+	b := c.timeout
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(start) < b {
+		b = dl.Sub(start).Round(time.Millisecond)
+	}
+	return b
 }
 
 // diagnoseCertificate re-verifies the server's chain with pki to say
