@@ -116,6 +116,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(newProbeCmd(g))
 	root.AddCommand(newConnectorCmd(g), newQuickstartCmd(g))
 	root.AddCommand(newFlowCmd(g), newRunCmd(g), newLoadCmd(g))
+	root.AddCommand(newBackupCmd(g), newRestoreCmd(g))
 	return root
 }
 
