@@ -247,6 +247,11 @@ func (c *client) certDiagnosis(verr error, leaf *x509.Certificate, fallback erro
 		d.Hint = "add the CA that issued it with `trustflow ca add` and `trustflow connector update " + c.conn.Name + " --ca NAME`, or check that the URL points at the right server"
 	case pki.CodeHostnameMismatch:
 		d.Hint = "use the name the certificate was issued for in the URL, or set --server-name; or have the server's certificate reissued with this name"
+	case pki.CodeExpired:
+		// pki's hint is for certificates one imports; this one is the server's.
+		d.Hint = "the server's operator must renew its certificate; nothing in trustflow needs changing (it never accepts an expired server certificate)"
+	case pki.CodeNotYetValid:
+		d.Hint = "check this host's clock and the server's: the certificate's validity has not begun"
 	}
 	return d
 }

@@ -88,6 +88,7 @@ func TestDiagnoses(t *testing.T) {
 		spec      func(name string) connector.Spec
 		code      string
 		words     []string
+		hint      string // a part of the hint, when it matters
 		retryable bool
 	}{
 		{
@@ -113,6 +114,7 @@ func TestDiagnoses(t *testing.T) {
 			},
 			code:  "expired",
 			words: []string{"expired at " + expired.Cert.NotAfter.UTC().Format(time.RFC3339), "checked at"},
+			hint:  "the server's operator must renew its certificate",
 		},
 		{
 			// Go's server sends unknown_ca when our certificate does not
@@ -216,6 +218,7 @@ func TestDiagnoses(t *testing.T) {
 				require.Contains(t, ce.Message, w)
 			}
 			require.NotEmpty(t, ce.Hint)
+			require.Contains(t, ce.Hint, tc.hint)
 			require.Equal(t, tc.retryable, ce.Retryable)
 			require.Less(t, time.Since(start), 5*time.Second)
 
