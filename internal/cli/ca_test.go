@@ -197,7 +197,7 @@ func TestCAVerify(t *testing.T) {
 	require.Equal(t, 1, r.code)
 	require.True(t, strings.HasPrefix(r.stderr, "Error: --purpose: \"both\" is not a purpose\n"), r.stderr)
 	r = s.run(t, "ca", "verify", "--ca", "nope", "--leaf", f.server)
-	require.Equal(t, result{code: 1, stderr: "Error: ca: there is no CA named \"nope\"\nHint: list the CAs with `trustflow ca list`\n"}, r)
+	require.Equal(t, result{code: 1, stderr: "Error: ca: CA \"nope\" does not exist\nHint: list the CAs with `trustflow ca list`\n"}, r)
 	r = s.run(t, "ca", "verify", "--ca", "hr-prod", "--leaf", f.caKey)
 	require.Equal(t, 1, r.code)
 	require.True(t, strings.HasPrefix(r.stderr, "Error: leaf: "), r.stderr)

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -44,6 +45,11 @@ func probeSetup(t *testing.T, auth tls.ClientAuthType) (*server, string) {
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
+	// The server listens on loopback, which the egress policy opens only by
+	// an explicit rule.
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(srv.URL, "https://"))
+	require.NoError(t, err)
+	s.ok(t, "policy", "allow", "--host", "127.0.0.1", "--ports", port)
 	return s, srv.URL
 }
 
