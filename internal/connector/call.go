@@ -36,9 +36,10 @@ type Request struct {
 	Actor audit.Actor
 	// AuditTarget overrides the audit record's target (a run's step).
 	AuditTarget string
-	// Redact lists secret values (a run's secret inputs) kept out of the
-	// audit record's path and diagnosis.
-	Redact []string
+	// Redact, when set, removes secret values (a run's) from the audit
+	// record: it is applied to each segment of the path and to the
+	// diagnosis's message and hint.
+	Redact func(string) string
 }
 
 // Response is a call's answer.
@@ -203,7 +204,7 @@ func (s *Service) diagnoseCall(ctx context.Context, c *client, err error, ev *Ev
 }
 
 func (s *Service) auditCall(ctx context.Context, c *client, req Request, what sent, resp *Response, ce *CallError, d time.Duration) error {
-	details := map[string]any{"connector": c.conn.Name, "method": what.method, "host": c.base.Host, "path": redactValues(what.path, req.Redact),
+	details := map[string]any{"connector": c.conn.Name, "method": what.method, "host": c.base.Host, "path": redactPath(what.path, req.Redact),
 		"duration_ms": d.Milliseconds()}
 	outcome := audit.OutcomeSuccess
 	if resp != nil {
@@ -213,7 +214,9 @@ func (s *Service) auditCall(ctx context.Context, c *client, req Request, what se
 	if ce != nil {
 		outcome = audit.OutcomeFailure
 		diag := ce.Diagnosis
-		diag.Message = redactValues(diag.Message, req.Redact)
+		if req.Redact != nil {
+			diag.Message, diag.Hint = req.Redact(diag.Message), req.Redact(diag.Hint)
+		}
 		details["error"] = diag
 		if ce.Evidence != nil {
 			details["evidence"] = ce.Evidence
@@ -230,16 +233,17 @@ func (s *Service) auditCall(ctx context.Context, c *client, req Request, what se
 	return s.audit.Record(ctx, audit.Entry{Actor: actor, Action: "connector.call", Target: target, Outcome: outcome, Details: details})
 }
 
-// redactValues replaces each secret value in s with [redacted].
-func redactValues(s string, secrets []string) string {
-	for _, v := range secrets {
-		if v == "" {
-			continue
-		}
-		s = strings.ReplaceAll(s, v, "[redacted]")
-		if esc := url.PathEscape(v); esc != v {
-			s = strings.ReplaceAll(s, esc, "[redacted]")
+// redactPath applies redact to each segment of a request path (a secret
+// that is a whole segment is redacted, however short).
+func redactPath(path string, redact func(string) string) string {
+	if redact == nil {
+		return path
+	}
+	segs := strings.Split(path, "/")
+	for i, seg := range segs {
+		if seg != "" {
+			segs[i] = redact(seg)
 		}
 	}
-	return s
+	return redact(strings.Join(segs, "/"))
 }

@@ -114,10 +114,14 @@ type execution struct {
 	run      store.Run
 	doc      *flow.Document
 	input    map[string]any
-	secrets  []string
 	runInfo  map[string]any
 	actor    audit.Actor
 	deadline time.Time
+	// sec says which values of the flow are computed from secrets; red
+	// removes the run's secret values from what it stores (redact.go).
+	sec      *flow.Secrets
+	red      *redactor
+	warnFull sync.Once
 
 	mu  sync.Mutex
 	cps map[string]store.Step
@@ -129,15 +133,9 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 	if err != nil {
 		return nil, err
 	}
-	raw, err := e.trust.OpenSecret(r.InputSealed, runAAD(r.ID))
+	input, inherited, err := e.openInput(r)
 	if err != nil {
-		return nil, fmt.Errorf("engine: run %s: open its input: %w", r.ID, err)
-	}
-	var input map[string]any
-	err = json.Unmarshal(raw, &input)
-	clear(raw)
-	if err != nil {
-		return nil, fmt.Errorf("engine: run %s: decode its input: %w", r.ID, err)
+		return nil, err
 	}
 	steps, err := e.st.Steps(ctx, r.ID)
 	if err != nil {
@@ -155,30 +153,25 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 			x.seq = s.Seq
 		}
 	}
-	x.secrets = secretValues(doc, input)
-	// A sub-flow's run also keeps its callers' secrets out of what it
-	// stores: they may reach it through its input.
-	for pid, depth := r.ParentRunID, 0; pid != "" && depth < flow.MaxDepth; depth++ {
-		parent, err := e.st.Run(ctx, pid)
+	// The run keeps its secret inputs (declared, or marked by the run that
+	// started it), and the secrets its callers carried down, out of what
+	// it stores.
+	var marked []string
+	if inherited != nil {
+		marked = inherited.Inputs
+	}
+	x.sec, x.red = doc.Secrets(marked), newRedactor()
+	x.red.add(secretValues(x.sec, input)...)
+	switch {
+	case inherited != nil:
+		x.red.add(inherited.Redact...)
+	case r.ParentRunID != "":
+		// Started before runs carried their callers' secrets.
+		values, err := e.ancestorSecrets(ctx, r.ParentRunID)
 		if err != nil {
-			return nil, fmt.Errorf("engine: run %s: its parent run %s: %w", r.ID, pid, err)
+			return nil, fmt.Errorf("engine: run %s: %w", r.ID, err)
 		}
-		pdoc, err := e.document(ctx, parent.FlowName, parent.FlowVersion)
-		if err != nil {
-			return nil, err
-		}
-		praw, err := e.trust.OpenSecret(parent.InputSealed, runAAD(parent.ID))
-		if err != nil {
-			return nil, fmt.Errorf("engine: run %s: open its parent's input: %w", r.ID, err)
-		}
-		var pin map[string]any
-		err = json.Unmarshal(praw, &pin)
-		clear(praw)
-		if err != nil {
-			return nil, fmt.Errorf("engine: run %s: decode its parent's input: %w", r.ID, err)
-		}
-		x.secrets = append(x.secrets, secretValues(pdoc, pin)...)
-		pid = parent.ParentRunID
+		x.red.add(values...)
 	}
 	started := r.CreatedAt
 	if r.StartedAt != nil {
@@ -186,18 +179,6 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 	}
 	x.runInfo = map[string]any{"id": r.ID, "flow": r.FlowName, "version": int64(r.FlowVersion), "started_at": started.UTC().Format(time.RFC3339Nano)}
 	return x, nil
-}
-
-// secretValues lists the values of a run's secret string inputs (those of
-// at least 4 characters: shorter ones would redact ordinary text).
-func secretValues(doc *flow.Document, input map[string]any) []string {
-	var out []string
-	for _, in := range doc.Inputs {
-		if s, ok := input[in.Name].(string); in.Secret && ok && len(s) >= 4 {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // outcome is what executing steps came to.
@@ -217,6 +198,8 @@ type scope struct {
 	steps map[string]any
 	vars  map[string]any
 	err   map[string]any
+	// secretVars names the loop variables over lists that read a secret.
+	secretVars map[string]bool
 }
 
 func (x *execution) flowScope(sc *scope) flow.Scope {
@@ -262,11 +245,11 @@ func (x *execution) advance(ctx context.Context) error {
 	}
 	var output any
 	if x.doc.Output != nil {
-		v, err := x.doc.Output.Eval(ctx, x.flowScope(sc))
+		ev, err := x.eval(ctx, x.doc.Output, sc)
 		if err != nil {
 			return x.fail(ctx, exprFailure("output", err))
 		}
-		output = v
+		output = ev.Masked
 	}
 	return x.finish(ctx, StatusSucceeded, output, nil)
 }
@@ -291,6 +274,9 @@ func completed(cp store.Step) bool {
 // result is a checkpointed step's result as expressions see it (integers
 // as int64, as when the step first ran).
 func (x *execution) result(cp store.Step) any {
+	if r, ok := stateResult(cp.State); ok {
+		return r
+	}
 	if cp.Output == "" {
 		return map[string]any{}
 	}
@@ -316,15 +302,19 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	cp.Seq = x.seq
 	x.mu.Unlock()
 	cp.RunID = x.run.ID
-	cp.Output = x.redact(cp.Output)
-	cp.Error = x.redact(cp.Error)
+	if shown := x.red.json(cp.Output); shown != cp.Output {
+		// Stored redacted; a resumed run reads it whole from the sealed state.
+		cp.State, cp.Output = withResult(cp.State, cp.Output), shown
+	}
+	cp.Error = x.red.json(cp.Error)
+	cp.Evidence = x.red.json(cp.Evidence)
 	if len(cp.Output) > maxStoredOutput {
 		cp.Output = encode(map[string]any{"truncated": true, "size": len(cp.Output), "preview": cp.Output[:64<<10]})
 	}
 	stored := cp
 	// A state read back sealed names its KEK; stored in clear, it names none.
 	stored.StateKEKID = ""
-	if x.redact(cp.State) != cp.State {
+	if x.sealState(cp.State) {
 		// The state (a foreach's items, say) holds a secret input, and a
 		// resumed run needs it whole: it is stored sealed, not redacted.
 		blob, kek, err := x.e.trust.SealSecret([]byte(cp.State), store.StepStateAAD(x.run.ID, cp.Path))
@@ -356,19 +346,6 @@ func (e *Engine) openState(runID string, st store.Step) (string, error) {
 		return "", fmt.Errorf("engine: run %s step %s: sealed state: %w", runID, st.Path, err)
 	}
 	return string(raw), nil
-}
-
-func (x *execution) redact(s string) string { return redactText(s, x.secrets) }
-
-// redactText replaces every secret value in s (as it appears inside JSON
-// text, and so also in plain text) with [redacted].
-func redactText(s string, secrets []string) string {
-	for _, secret := range secrets {
-		b, _ := json.Marshal(secret) // a string always encodes
-		inner := string(b[1 : len(b)-1])
-		s = strings.ReplaceAll(s, inner, "[redacted]")
-	}
-	return s
 }
 
 func encode(v any) string {
@@ -418,7 +395,7 @@ func (x *execution) step(ctx context.Context, s *flow.Step, path string, sc *sco
 		cp = store.Step{Path: path, StepID: s.ID, Kind: s.Kind, Status: StepRunning, StartedAt: &now, State: "{}"}
 	}
 	if s.If != nil && s.Kind != flow.KindIf {
-		ok, err := s.If.EvalBool(ctx, x.flowScope(sc))
+		ok, err := x.cond(ctx, s.If, sc)
 		if err != nil {
 			return x.stepFailed(ctx, s, cp, sc, exprFailure(path, err), nil)
 		}
@@ -429,30 +406,30 @@ func (x *execution) step(ctx context.Context, s *flow.Step, path string, sc *sco
 	}
 	switch s.Kind {
 	case flow.KindSet:
-		out := map[string]any{}
+		out, shown := map[string]any{}, map[string]any{}
 		for _, k := range s.SetKeys {
-			v, err := s.Set[k].Eval(ctx, x.flowScope(sc))
+			ev, err := x.eval(ctx, s.Set[k], sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".set."+k, err), nil)
 			}
-			out[k] = v
+			out[k], shown[k] = ev.Value, ev.Masked
 		}
-		cp.Status, cp.Output = StepSucceeded, encode(out)
-		return x.completeStep(ctx, s, cp, sc)
+		cp.Status, cp.Output = StepSucceeded, encode(shown)
+		return x.completeMasked(ctx, s, cp, sc, out)
 	case flow.KindFail:
-		msg, err := s.FailMessage.Eval(ctx, x.flowScope(sc))
+		msg, err := x.eval(ctx, s.FailMessage, sc)
 		if err != nil {
 			return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".fail", err), nil)
 		}
 		code := "fail"
 		if s.FailCode != nil {
-			c, err := s.FailCode.Eval(ctx, x.flowScope(sc))
+			c, err := x.eval(ctx, s.FailCode, sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(path+".code", err), nil)
 			}
-			code = fmt.Sprint(c)
+			code = fmt.Sprint(c.Masked)
 		}
-		return x.stepFailed(ctx, s, cp, sc, &RunError{Step: path, Code: code, Message: fmt.Sprint(msg)}, nil)
+		return x.stepFailed(ctx, s, cp, sc, &RunError{Step: path, Code: code, Message: fmt.Sprint(msg.Masked)}, nil)
 	case flow.KindSleep:
 		return x.sleep(ctx, s, cp, sc)
 	case flow.KindCall:
@@ -522,6 +499,9 @@ type stepState struct {
 	Items  []any  `json:"items,omitempty"`
 	Child  string `json:"child,omitempty"`
 	Looped bool   `json:"looped,omitempty"`
+	// Secret says the items come from a list that reads a secret (the
+	// state is then stored sealed).
+	Secret bool `json:"secret,omitempty"`
 }
 
 func readState(cp store.Step) stepState {
@@ -542,13 +522,13 @@ func (x *execution) sleep(ctx context.Context, s *flow.Step, cp store.Step, sc *
 	}
 	if until.IsZero() {
 		if s.SleepUntil != nil {
-			v, err := s.SleepUntil.Eval(ctx, x.flowScope(sc))
+			ev, err := x.eval(ctx, s.SleepUntil, sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".until", err), nil)
 			}
-			t, err := time.Parse(time.RFC3339Nano, fmt.Sprint(v))
+			t, err := time.Parse(time.RFC3339Nano, fmt.Sprint(ev.Value))
 			if err != nil {
-				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("sleep until %v: not an RFC 3339 timestamp", v)}, nil)
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("sleep until %v: not an RFC 3339 timestamp", ev.Masked)}, nil)
 			}
 			until = t
 		} else {
@@ -572,7 +552,7 @@ func (x *execution) branch(ctx context.Context, s *flow.Step, cp store.Step, sc 
 	var result map[string]any
 	if s.Kind == flow.KindIf {
 		if st.Branch == "" {
-			ok, err := s.If.EvalBool(ctx, x.flowScope(sc))
+			ok, err := x.cond(ctx, s.If, sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".if", err), nil)
 			}
@@ -594,7 +574,7 @@ func (x *execution) branch(ctx context.Context, s *flow.Step, cp store.Step, sc 
 		if st.Case == nil {
 			taken := -1
 			for i, c := range s.Cases {
-				ok, err := c.When.EvalBool(ctx, x.flowScope(sc))
+				ok, err := x.cond(ctx, c.When, sc)
 				if err != nil {
 					return x.stepFailed(ctx, s, cp, sc, exprFailure(fmt.Sprintf("%s.switch[%d].case", cp.Path, i), err), nil)
 				}
@@ -628,17 +608,17 @@ func (x *execution) branch(ctx context.Context, s *flow.Step, cp store.Step, sc 
 func (x *execution) foreach(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
 	st := readState(cp)
 	if !st.Looped {
-		v, err := s.Foreach.Eval(ctx, x.flowScope(sc))
+		ev, err := x.eval(ctx, s.Foreach, sc)
 		if err != nil {
 			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".foreach", err), nil)
 		}
-		items, ok := v.([]any)
-		if !ok && v != nil {
-			return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("foreach needs a list, got %T", v), Hint: "make the expression return a list"}, nil)
+		items, ok := ev.Value.([]any)
+		if !ok && ev.Value != nil {
+			return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("foreach needs a list, got %T", ev.Value), Hint: "make the expression return a list"}, nil)
 		}
 		// The items are checkpointed so that a resumed run iterates the
 		// same list, whatever the expression would say now.
-		st = stepState{Items: items, Looped: true}
+		st = stepState{Items: items, Looped: true, Secret: ev.Secret}
 		cp.State = encode(st)
 		if err := x.save(ctx, cp); err != nil {
 			return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
@@ -655,14 +635,17 @@ func (x *execution) foreach(ctx context.Context, s *flow.Step, cp store.Step, sc
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			child := &scope{steps: map[string]any{}, vars: map[string]any{}, err: sc.err}
+			child := &scope{steps: map[string]any{}, vars: map[string]any{}, err: sc.err, secretVars: map[string]bool{}}
 			for k, v := range sc.steps {
 				child.steps[k] = v
 			}
 			for k, v := range sc.vars {
 				child.vars[k] = v
 			}
-			child.vars[s.As] = item
+			for k, v := range sc.secretVars {
+				child.secretVars[k] = v
+			}
+			child.vars[s.As], child.secretVars[s.As] = item, st.Secret
 			child.vars["index"] = int64(i)
 			outs[i] = x.steps(ctx, s.Body, fmt.Sprintf("%s[%d].", cp.Path, i), child)
 			iter := map[string]any{}
@@ -691,29 +674,31 @@ func (x *execution) foreach(ctx context.Context, s *flow.Step, cp store.Step, sc
 	if pause != nil {
 		return outcome{pause: pause, sleeping: sleeping}
 	}
-	cp.Status, cp.Output = StepSucceeded, encode(map[string]any{"results": results})
-	return x.completeStep(ctx, s, cp, sc)
+	cp.Status, cp.Output = StepSucceeded, encode(map[string]any{"results": x.shownResults(cp.Path, s.Body, results)})
+	return x.completeMasked(ctx, s, cp, sc, map[string]any{"results": results})
 }
 
 func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
 	st := readState(cp)
 	if st.Child == "" {
 		var in map[string]any
+		var marked []string
 		if s.SubInput != nil {
-			v, err := s.SubInput.Eval(ctx, x.flowScope(sc))
+			ev, err := x.eval(ctx, s.SubInput, sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".input", err), nil)
 			}
-			m, ok := v.(map[string]any)
-			if !ok && v != nil {
-				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("a sub-flow's input must be a map, got %T", v)}, nil)
+			m, ok := ev.Value.(map[string]any)
+			if !ok && ev.Value != nil {
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("a sub-flow's input must be a map, got %T", ev.Value)}, nil)
 			}
-			in = m
+			in, marked = m, ev.SecretKeys
 		}
 		var child store.Run
 		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
 			var err error
-			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path, Redact: x.secrets})
+			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path,
+				Redact: x.red.values(), SecretInputs: marked})
 			if err != nil {
 				return err
 			}
@@ -766,33 +751,33 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 	if cp.NextAttemptAt != nil && now.Before(*cp.NextAttemptAt) {
 		return pauseFor(cp.NextAttemptAt.Sub(now), true)
 	}
-	fs := x.flowScope(sc)
 	c := s.Call
-	pv, err := c.Path.Eval(ctx, fs)
+	pv, err := x.eval(ctx, c.Path, sc)
 	if err != nil {
 		return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.path", err), nil)
 	}
-	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv), Header: http.Header{}, MaxResponseBytes: c.MaxResponseBytes,
-		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path, Redact: x.secrets}
+	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv.Value), Header: http.Header{}, MaxResponseBytes: c.MaxResponseBytes,
+		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path, Redact: x.redact}
 	if len(c.Query) > 0 {
 		req.Query = url.Values{}
 		for _, k := range sortedKeys(c.Query) {
-			v, err := c.Query[k].Eval(ctx, fs)
+			ev, err := x.eval(ctx, c.Query[k], sc)
 			if err != nil {
 				return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.query."+k, err), nil)
 			}
-			req.Query.Set(k, text(v))
+			req.Query.Set(k, text(ev.Value))
 		}
 	}
 	for _, k := range sortedKeys(c.Headers) {
-		v, err := c.Headers[k].Eval(ctx, fs)
+		ev, err := x.eval(ctx, c.Headers[k], sc)
 		if err != nil {
 			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.headers."+k, err), nil)
 		}
-		req.Header.Set(k, text(v))
+		req.Header.Set(k, text(ev.Value))
 	}
 	if c.Body != nil {
-		v, err := c.Body.Eval(ctx, fs)
+		ev, err := x.eval(ctx, c.Body, sc)
+		v := ev.Value
 		if err != nil {
 			return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.body", err), nil)
 		}
@@ -841,7 +826,7 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 		result := callResult(resp, x.e.clock.Now().Sub(start))
 		partial = map[string]any{"status": result["status"], "headers": result["headers"], "body": result["body"]}
 		cp.Evidence = encode(resp.Evidence)
-		rerr = &RunError{Code: "http_status", Status: resp.Status, Message: fmt.Sprintf("%s %s answered %d, which is not an expected status", strings.ToUpper(req.Method), req.Path, resp.Status),
+		rerr = &RunError{Code: "http_status", Status: resp.Status, Message: fmt.Sprintf("%s %s answered %d, which is not an expected status", strings.ToUpper(req.Method), fmt.Sprint(pv.Masked), resp.Status),
 			Hint: "add the status to the step's expect list if it is fine"}
 		retryable = retryableStatus[resp.Status]
 		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), x.e.clock.Now())
@@ -1002,19 +987,6 @@ func (x *execution) pause(ctx context.Context, out outcome) error {
 	return queue.Snooze(*out.pause)
 }
 
-// redactError returns rerr with secret inputs redacted from its text.
-func (x *execution) redactError(rerr *RunError) *RunError {
-	if rerr == nil {
-		return nil
-	}
-	out := *rerr
-	for _, secret := range x.secrets {
-		out.Message = strings.ReplaceAll(out.Message, secret, "[redacted]")
-		out.Hint = strings.ReplaceAll(out.Hint, secret, "[redacted]")
-	}
-	return &out
-}
-
 // fail records the run's failure and runs its on_error steps.
 func (x *execution) fail(ctx context.Context, rerr *RunError) error {
 	// The error is stored, audited, shown and sent with run.failed: no
@@ -1075,7 +1047,7 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 			r.StartedAt = &now
 		}
 		if output != nil {
-			r.Output = x.redact(encode(output))
+			r.Output = x.red.json(encode(output))
 		}
 		if rerr != nil {
 			r.Error = encode(rerr)

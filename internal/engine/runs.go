@@ -39,9 +39,12 @@ type StartRequest struct {
 	Actor   audit.Actor
 	// ParentRun and ParentStep link a sub-flow's run to its caller.
 	ParentRun, ParentStep string
-	// Redact lists secret values (a calling run's) to keep out of the
-	// stored input.
-	Redact []string
+	// Redact lists secret values (a calling run's, and those it computed
+	// from them) this run keeps out of what it stores; SecretInputs names
+	// the input fields the caller computed from its secrets, which this run
+	// treats as secret inputs. Both are sealed with the run's input.
+	Redact       []string
+	SecretInputs []string
 }
 
 func runAAD(id string) []byte { return store.RunInputAAD(id) }
@@ -77,7 +80,8 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	if in == nil {
 		in = map[string]any{}
 	}
-	checked, err := d.CheckInput(in)
+	sec := d.Secrets(req.SecretInputs)
+	checked, err := sec.CheckInput(in)
 	if err != nil {
 		var ve *flow.ValidationError
 		if errors.As(err, &ve) {
@@ -89,7 +93,11 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	if err != nil {
 		return store.Run{}, err
 	}
-	raw, err := json.Marshal(checked)
+	var inherit *carried
+	if req.ParentRun != "" {
+		inherit = &carried{Redact: req.Redact, Inputs: req.SecretInputs}
+	}
+	raw, err := encodeRunInput(checked, inherit)
 	if err != nil {
 		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
 	}
@@ -98,11 +106,14 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	if err != nil {
 		return store.Run{}, err
 	}
-	redacted, err := json.Marshal(d.Redact(checked))
+	red := newRedactor()
+	red.add(secretValues(sec, checked)...)
+	red.add(req.Redact...)
+	shown, _ := red.value(sec.RedactInput(checked))
+	redacted, err := json.Marshal(shown)
 	if err != nil {
 		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
 	}
-	redacted = []byte(redactText(string(redacted), req.Redact))
 	trigger := req.Trigger
 	if trigger == "" {
 		trigger = "manual"

@@ -263,7 +263,7 @@ func TestSecretInputsStayOutOfStorage(t *testing.T) {
 		e.dir.mu.Unlock()
 
 		var sealed int
-		require.NoError(t, st.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM run_steps WHERE substr(state, 1, 7) = 'sealed:'").Scan(&sealed))
+		require.NoError(t, st.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM run_steps WHERE path = 'each' AND substr(state, 1, 7) = 'sealed:'").Scan(&sealed))
 		require.Equal(t, 1, sealed, "the foreach's items are stored sealed")
 		for _, q := range []string{
 			"SELECT state || output || evidence || error FROM run_steps",
