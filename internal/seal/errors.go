@@ -3,7 +3,19 @@ package seal
 import (
 	"errors"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
+
+// ErrNoCurrentKEK is matched by the error of Seal on a keyring without a
+// current KEK: a node whose source lacks the database's active KEK (during
+// a rotation on another node) seals nothing until it has it. It is
+// Unavailable: the same request through a node that holds the key, or
+// through this one once its source has it, succeeds.
+var ErrNoCurrentKEK = &errs.Error{Kind: errs.Unavailable, Code: "kek_unavailable",
+	Message: "keyring has no current key-encryption key",
+	Hint: "this node does not hold the active key-encryption key, so it seals nothing: send the request to a node whose /readyz is ok, " +
+		"or copy the active key to this node's --kek source (it resumes by itself within seconds)"}
 
 // ErrTampered is returned when a blob fails authentication: a byte was changed,
 // the blob was truncated or extended, it is not a sealed blob at all, or it was

@@ -105,7 +105,7 @@ func (r *Keyring) KEKs() []*KEK {
 // modifies nor retains plaintext or aad.
 func (r *Keyring) Seal(plaintext, aad []byte) ([]byte, error) {
 	if r.current == nil {
-		return nil, errors.New("seal: seal: keyring has no current key-encryption key")
+		return nil, ErrNoCurrentKEK.Wrap("seal: seal", nil)
 	}
 	var dek [dekSize]byte
 	defer clear(dek[:])

@@ -177,6 +177,7 @@ func TestKeyringWithoutCurrentKEK(t *testing.T) {
 	require.Empty(t, r.CurrentID())
 	_, err = r.Seal([]byte("x"), recordAAD)
 	require.EqualError(t, err, "seal: seal: keyring has no current key-encryption key")
+	require.ErrorIs(t, err, seal.ErrNoCurrentKEK)
 	got, err := r.Open(blob, recordAAD)
 	require.NoError(t, err)
 	require.Equal(t, "x", string(got))
