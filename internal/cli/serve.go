@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +18,7 @@ import (
 func newServeCmd(g *globals) *cobra.Command {
 	var cfg config.Config
 	var logLevel string
+	var kekRefresh time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the trustflow server: API, workers and scheduler",
@@ -27,10 +29,13 @@ func newServeCmd(g *globals) *cobra.Command {
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 			}
+			if kekRefresh < 0 {
+				return fmt.Errorf("--kek-refresh %s: must be positive", kekRefresh)
+			}
 			logger := newLogger(g, cfg.LogFormat, level)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			a, err := app.New(ctx, cfg, app.Options{Logger: logger, Build: api.BuildInfo(g.build), Stderr: g.stderr})
+			a, err := app.New(ctx, cfg, app.Options{Logger: logger, Build: api.BuildInfo(g.build), Stderr: g.stderr, KEKRefresh: kekRefresh})
 			if err != nil {
 				return err
 			}
@@ -56,6 +61,11 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.WebhookWindow, "webhook-window", config.DefaultWebhookWindow, "how far a signed webhook's X-Trustflow-Timestamp may be from this server's clock, either way; accepted signatures are remembered that long to refuse replays (the same on every node)")
 	f.DurationVar(&cfg.WebhookDeliveryTTL, "webhook-delivery-ttl", config.DefaultWebhookDeliveryTTL, "how long an X-Trustflow-Delivery id returns the run its first delivery started")
 	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0, "how long after a node died its runs resume on another (or the restarted) node; must exceed --job-timeout (default --job-timeout + 1m)")
+	// How often the node re-reads the active key-encryption key id; the
+	// process tests of rotations shorten it. Hidden: the default is the
+	// documented behaviour.
+	f.DurationVar(&kekRefresh, "kek-refresh", 0, "how often to re-read the active key-encryption key id (default 2s)")
+	f.Lookup("kek-refresh").Hidden = true
 	return cmd
 }
 
