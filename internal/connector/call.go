@@ -127,6 +127,9 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 		return nil, c, sent{method: method}, err
 	}
 	what := sent{method: method, path: u.Path}
+	if ce := c.policyCallError(c.currentPolicy()); ce != nil {
+		return nil, c, what, ce
+	}
 	var body io.Reader
 	if req.Body != nil {
 		body = bytes.NewReader(req.Body)
@@ -152,16 +155,18 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 		hreq.Header.Set("User-Agent", "trustflow")
 	}
 	applyAuth(hreq, c.conn.AuthType, c.settings, c.secrets)
+	forms := c.secretForms
 	if c.oauth != nil {
 		tok, err := c.oauth.token(ctx)
 		if err != nil {
 			return nil, c, what, err
 		}
 		tok.SetAuthHeader(hreq)
+		forms = append(secretForms([]string{tok.AccessToken}, ""), forms...)
 	}
 	hresp, err := c.http.Do(hreq)
 	if err != nil {
-		return nil, c, what, s.diagnoseCall(ctx, c, err, evidence)
+		return nil, c, what, c.withBudget(ctx, start, s.diagnoseCall(ctx, c, err, evidence))
 	}
 	defer hresp.Body.Close()
 	limit := req.MaxResponseBytes
@@ -172,6 +177,9 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 	if err != nil {
 		return nil, c, what, c.diagnose(ctx, err, evidence)
 	}
+	// An upstream that echoes the request must not put a secret into
+	// what is stored.
+	data = redactResponse(forms, hresp.Header, data)
 	resp := &Response{Status: hresp.StatusCode, Header: hresp.Header, Body: data, Evidence: evidence}
 	if int64(len(data)) > limit {
 		resp.Body, resp.Truncated = data[:limit], true
