@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/apiclient"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore/truststoretest"
@@ -168,7 +170,13 @@ func (n *node) client() *apiclient.Client {
 func setupRemote(t *testing.T, c *apiclient.Client, ca *truststoretest.CA, dir *directory) {
 	t.Helper()
 	ctx := context.Background()
-	_, err := c.AddCA(ctx, apiclient.CARequest{Name: "remote-ca", Data: ca.CertPEM()})
+	// The directory listens on loopback, which the egress policy opens only
+	// by an explicit rule.
+	u, err := url.Parse(dir.srv.URL)
+	require.NoError(t, err)
+	_, err = c.AllowEgress(ctx, policy.Rule{Host: u.Hostname(), Ports: u.Port()})
+	require.NoError(t, err)
+	_, err = c.AddCA(ctx, apiclient.CARequest{Name: "remote-ca", Data: ca.CertPEM()})
 	require.NoError(t, err)
 	leaf := ca.IssueClient(t, "trustflow")
 	_, err = c.ImportIdentity(ctx, apiclient.ImportIdentityRequest{Name: "svc", Material: apiclient.Material{Cert: leaf.CertPEM(), Key: leaf.KeyPEM()}})
