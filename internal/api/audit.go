@@ -24,13 +24,16 @@ func (s *Server) auditRoutes() []Route {
 		{Name: "action", Desc: "exact action (token.create) or prefix (token.*)"},
 		{Name: "actor", Desc: "actor token id or name"},
 		{Name: "target", Desc: "exact target, e.g. token/tok_0123"},
-		{Name: "since", Desc: "RFC 3339 time, inclusive"},
-		{Name: "until", Desc: "RFC 3339 time, exclusive"},
+		{Name: "since", Desc: "RFC 3339 time, inclusive; at or before until", Kind: ParamTime},
+		{Name: "until", Desc: "RFC 3339 time, exclusive", Kind: ParamTime},
 	}
+	page := append(filters[:len(filters):len(filters)],
+		Param{Name: "limit", Desc: "page size, 1-1000 (default 100)", Kind: ParamInteger, Min: 1, Max: 1000},
+		Param{Name: "cursor", Desc: "next_cursor of the previous page", Kind: ParamInteger, Min: 1,
+			Message: "is not a cursor this API returned", Hint: "pass next_cursor from the previous page unchanged"})
 	return []Route{
 		{Method: "GET", Path: "/api/v1/audit", Perm: auth.PermAuditRead, handler: s.listAudit,
-			Doc: Operation{Summary: "List audit records, newest first", Tag: "audit", Response: schemaRef("AuditPage"),
-				Query: append(filters, Param{Name: "limit", Desc: "page size, 1-1000 (default 100)"}, Param{Name: "cursor", Desc: "next_cursor of the previous page"})}},
+			Doc: Operation{Summary: "List audit records, newest first", Tag: "audit", Response: schemaRef("AuditPage"), Query: page}},
 		{Method: "GET", Path: "/api/v1/audit/verify", Perm: auth.PermAuditRead, handler: s.verifyAudit,
 			Doc: Operation{Summary: "Walk the hash chain and report the first broken record", Tag: "audit", Response: schemaRef("AuditVerification")}},
 		{Method: "POST", Path: "/api/v1/audit/verify", Perm: auth.PermAuditRead, handler: s.verifyAuditCheckpoint,
@@ -89,35 +92,12 @@ func checkpointError(err error) error {
 }
 
 func parseAuditFilter(r *http.Request) (audit.Filter, error) {
-	q := r.URL.Query()
-	f := audit.Filter{Action: q.Get("action"), Actor: q.Get("actor"), Target: q.Get("target")}
-	for _, tf := range []struct {
-		name string
-		dst  *time.Time
-	}{{"since", &f.Since}, {"until", &f.Until}} {
-		if v := q.Get(tf.name); v != "" {
-			t, err := time.Parse(time.RFC3339Nano, v)
-			if err != nil {
-				return f, invalidField(tf.name, "not an RFC 3339 time", "use e.g. 2026-01-31T00:00:00Z")
-			}
-			*tf.dst = t
-		}
+	q := queryOf(r)
+	if err := q.ordered("since", "until"); err != nil {
+		return audit.Filter{}, err
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return f, invalidField("limit", "must be an integer from 1 to 1000", "use e.g. limit=100")
-		}
-		f.Limit = n
-	}
-	if v := q.Get("cursor"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 {
-			return f, invalidField("cursor", "is not a cursor this API returned", "pass next_cursor from the previous page unchanged")
-		}
-		f.BeforeSeq = n
-	}
-	return f, nil
+	return audit.Filter{Action: q.String("action"), Actor: q.String("actor"), Target: q.String("target"),
+		Since: q.Time("since"), Until: q.Time("until"), Limit: int(q.Int("limit")), BeforeSeq: q.Int("cursor")}, nil
 }
 
 func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
@@ -200,7 +180,12 @@ func (s *Server) exportAudit(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if _, err := s.cfg.Audit.Export(r.Context(), w, f); err != nil {
+	// An export streams for as long as the log is long, but each write
+	// must go through within WriteTimeout: a client that stops reading is
+	// dropped rather than holding the export open.
+	dw := &deadlineWriter{w: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout}
+	_ = dw.rc.SetReadDeadline(time.Time{}) // ErrNotSupported only off a real connection
+	if _, err := s.cfg.Audit.Export(r.Context(), dw, f); err != nil {
 		// The status is already sent: log and cut the stream short.
 		s.log.Error("audit export failed", "request_id", RequestID(r.Context()), "err", err)
 	}

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 )
 
@@ -28,8 +28,11 @@ func (s *Server) flowRoutes() []Route {
 	if s.cfg.Engine == nil {
 		return nil
 	}
-	runFilters := []Param{{Name: "flow", Desc: "flow name"}, {Name: "status", Desc: "queued, running, sleeping, succeeded, failed or cancelled"},
-		{Name: "since", Desc: "RFC 3339, created at or after"}, {Name: "until", Desc: "RFC 3339, created before"}, {Name: "limit", Desc: "1-1000 (default 100)"}}
+	runFilters := []Param{{Name: "flow", Desc: "flow name"},
+		{Name: "status", Desc: "run status", Enum: []string{engine.StatusQueued, engine.StatusRunning, engine.StatusSleeping, engine.StatusSucceeded, engine.StatusFailed, engine.StatusCancelled}},
+		{Name: "since", Desc: "RFC 3339, created at or after; at or before until", Kind: ParamTime}, {Name: "until", Desc: "RFC 3339, created before", Kind: ParamTime},
+		{Name: "limit", Desc: "1-1000 (default 100)", Kind: ParamInteger, Min: 1, Max: 1000}}
+	wait := []Param{{Name: "wait", Desc: "Go duration to wait for the run to end (at most --max-wait, " + s.cfg.MaxWait.String() + ")", Kind: ParamDuration, Max: int64(s.cfg.MaxWait)}}
 	return append([]Route{
 		{Method: "POST", Path: "/api/v1/flows", Perm: auth.PermFlowsWrite, handler: s.applyFlows,
 			Doc: Operation{Summary: "Apply flow documents (YAML or JSON): all validated, then stored as new versions when changed", Tag: "flows", Request: schemaRef("ApplyRequest"), Response: listOf("flows", "AppliedFlow")}},
@@ -43,7 +46,7 @@ func (s *Server) flowRoutes() []Route {
 			Doc: Operation{Summary: "The HMAC secret of a flow's webhook (reading it is audited)", Tag: "flows", Response: obj([]string{"secret"}, map[string]any{"secret": str})}},
 		{Method: "POST", Path: "/api/v1/flows/{name}/runs", Perm: auth.PermRunsWrite, handler: s.startRun,
 			Doc: Operation{Summary: "Start a run; ?wait=30s waits for it to end", Tag: "runs", Request: schemaRef("RunRequest"), Response: schemaRef("Run"), Status: 202,
-				Query: []Param{{Name: "wait", Desc: "Go duration to wait for the run to end (at most 5m)"}}}},
+				Query: wait}},
 		{Method: "GET", Path: "/api/v1/runs", Perm: auth.PermRunsRead, handler: s.listRuns,
 			Doc: Operation{Summary: "List runs, newest first", Tag: "runs", Response: listOf("runs", "Run"), Query: runFilters}},
 		{Method: "GET", Path: "/api/v1/runs/{id}", Perm: auth.PermRunsRead, handler: s.getRun,
@@ -55,16 +58,21 @@ func (s *Server) flowRoutes() []Route {
 	}, s.hookRoutes()...)
 }
 
-func problemsError(ps []flow.Problem, code, msg string) *Error {
-	out := make([]map[string]any, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, map[string]any{"file": p.File, "line": p.Line, "column": p.Column, "path": p.Path, "message": p.Message, "hint": p.Hint})
-	}
+func problemsError(ps []flow.Problem, code, msg string) *errs.Error {
 	hint := ""
 	if len(ps) > 0 {
 		hint = ps[0].Hint
 	}
-	return &Error{Status: http.StatusBadRequest, Code: code, Message: msg, Hint: hint, Problems: out}
+	return &errs.Error{Kind: errs.Invalid, Code: code, Message: msg, Hint: hint, Problems: toProblems(ps)}
+}
+
+// toProblems converts flow problems to the public form.
+func toProblems(ps []flow.Problem) []errs.Problem {
+	out := make([]errs.Problem, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, errs.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
+	}
+	return out
 }
 
 func engineError(err error) error {
@@ -85,11 +93,11 @@ func engineError(err error) error {
 	case errors.As(err, &ie):
 		return problemsError(ie.Problems, "invalid_input", ie.Error())
 	case errors.As(err, &nf):
-		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name), Hint: "see `trustflow " + nf.Kind + " list`", Cause: err}
+		return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name), Hint: "see `trustflow " + nf.Kind + " list`", Err: err}
 	case errors.As(err, &ce):
-		return &Error{Status: http.StatusConflict, Code: ce.Code, Message: ce.Message, Hint: ce.Hint, Cause: err}
+		return &errs.Error{Kind: errs.Conflict, Code: ce.Code, Message: ce.Message, Hint: ce.Hint, Err: err}
 	}
-	return connectorError(err)
+	return err
 }
 
 func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
@@ -140,16 +148,9 @@ func (s *Server) webhookSecret(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// parseWait is ?wait=, validated by wrap against MaxWait.
 func parseWait(r *http.Request) (time.Duration, error) {
-	v := r.URL.Query().Get("wait")
-	if v == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 || d > 5*time.Minute {
-		return 0, invalidField("wait", fmt.Sprintf("%q is not a duration up to 5m", v), "use e.g. wait=30s")
-	}
-	return d, nil
+	return queryOf(r).Duration("wait"), nil
 }
 
 func (s *Server) startAndAnswer(w http.ResponseWriter, r *http.Request, req engine.StartRequest, wait time.Duration) error {
@@ -164,6 +165,10 @@ func (s *Server) startAndAnswer(w http.ResponseWriter, r *http.Request, req engi
 // it ends or the wait is over (200 when it ended).
 func (s *Server) answerRun(w http.ResponseWriter, r *http.Request, run engine.RunView, status int, wait time.Duration) error {
 	if wait > 0 {
+		// The one answer allowed to outlast the server's read timeout
+		// (whose expiry would cancel the request): by the wait, capped
+		// by MaxWait. The answer's write deadline starts when it does.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(wait + s.cfg.WriteTimeout)) // ErrNotSupported only off a real connection
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		defer cancel()
 		done, err := s.cfg.Engine.Wait(ctx, run.ID)
@@ -194,27 +199,11 @@ func (s *Server) startRun(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	f := engine.RunFilter{Flow: q.Get("flow"), Status: q.Get("status")}
-	for _, tf := range []struct {
-		name string
-		dst  *time.Time
-	}{{"since", &f.Since}, {"until", &f.Until}} {
-		if v := q.Get(tf.name); v != "" {
-			t, err := time.Parse(time.RFC3339Nano, v)
-			if err != nil {
-				return invalidField(tf.name, "not an RFC 3339 time", "use e.g. 2026-01-31T00:00:00Z")
-			}
-			*tf.dst = t
-		}
+	q := queryOf(r)
+	if err := q.ordered("since", "until"); err != nil {
+		return err
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return invalidField("limit", "must be an integer from 1 to 1000", "use e.g. limit=100")
-		}
-		f.Limit = n
-	}
+	f := engine.RunFilter{Flow: q.String("flow"), Status: q.String("status"), Since: q.Time("since"), Until: q.Time("until"), Limit: int(q.Int("limit"))}
 	runs, err := s.cfg.Engine.ListRuns(r.Context(), f)
 	if err != nil {
 		return engineError(err)

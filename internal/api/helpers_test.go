@@ -21,6 +21,7 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -110,7 +111,14 @@ func newEnv(t testing.TB, st *store.Store, cfg api.Config) *env {
 	}
 	cfg.Engine = eng
 	e.eng = eng
+	if cfg.Policy == nil {
+		cfg.Policy, err = policy.NewService(context.Background(), policy.ServiceConfig{Store: st, Audit: e.audit, Clock: e.clock})
+		require.NoError(t, err)
+	}
 	cfg.Logger = logger
+	if cfg.Clock == nil {
+		cfg.Clock = e.clock
+	}
 	e.server = api.New(cfg)
 	return e
 }
@@ -120,9 +128,6 @@ func (e *env) createToken(t testing.TB, name string, role auth.Role, expiresIn s
 	t.Helper()
 	tok, secret, err := e.auth.Create(context.Background(), e.adminP, auth.CreateRequest{Name: name, Role: string(role), ExpiresIn: expiresIn})
 	require.NoError(t, err)
-	if cfg.Clock == nil {
-		cfg.Clock = e.clock
-	}
 	return tok, secret
 }
 
@@ -224,6 +229,11 @@ func requireError(t testing.TB, rec *httptest.ResponseRecorder, status int, want
 	require.Len(t, id, 16)
 	require.Equal(t, id, got.Error.RequestID)
 	want.RequestID = id
+	if want.Field == "" && got.Error.Field != "" {
+		// A field-level error names its field, and its message starts with it.
+		require.True(t, strings.HasPrefix(got.Error.Message, got.Error.Field+": "), "message %q names field %q", got.Error.Message, got.Error.Field)
+		want.Field = got.Error.Field
+	}
 	require.Equal(t, want, got.Error)
 	require.NotEmpty(t, got.Error.Hint, "every error says how to fix it")
 }

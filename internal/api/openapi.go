@@ -188,6 +188,10 @@ func componentSchemas() map[string]any {
 	for k, v := range auditSchemas() {
 		schemas[k] = v
 	}
+	// The policy routes' schemas live beside them, in policy.go.
+	for k, v := range policySchemas() {
+		schemas[k] = v
+	}
 	return schemas
 }
 
@@ -287,15 +291,15 @@ func operation(rt Route) map[string]any {
 	}
 	if d.Request != nil {
 		errStatuses = append(errStatuses, 400, 413)
+	} else if len(d.Query) > 0 {
+		errStatuses = append(errStatuses, 400)
 	}
+	errStatuses = append(errStatuses, 429)
 	if strings.Contains(rt.Path, "{") {
 		errStatuses = append(errStatuses, 404)
 	}
 	errStatuses = append(errStatuses, d.Errors...)
-	} else if len(d.Query) > 0 {
-		errStatuses = append(errStatuses, 400)
 	errStatuses = append(errStatuses, 500)
-	errStatuses = append(errStatuses, 429)
 	sort.Ints(errStatuses)
 	for _, st := range errStatuses {
 		responses[strconv.Itoa(st)] = map[string]any{

@@ -81,6 +81,11 @@ var scenarios = map[string]scenario{
 	"GET /api/v1/audit":        {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
 	"GET /api/v1/audit/verify": {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
 	"GET /api/v1/audit/export": {perm: auth.PermAuditRead, roles: readers, status: http.StatusOK},
+	// The scenarios' log is unkeyed: it has nothing to sign or verify a
+	// checkpoint with (TestAuditCheckpointRoutes covers a keyed one).
+	"POST /api/v1/audit/verify":      {perm: auth.PermAuditRead, roles: readers, body: `{}`, status: http.StatusBadRequest},
+	"POST /api/v1/audit/checkpoints": {perm: auth.PermAuditRead, roles: readers, status: http.StatusServiceUnavailable},
+	"GET /api/v1/audit/status":       {perm: auth.PermAuditRead, roles: readers, status: http.StatusServiceUnavailable},
 
 	"POST /api/v1/cas":                 {perm: auth.PermCAsWrite, roles: adminOnly, body: `{}`, status: http.StatusBadRequest},
 	"GET /api/v1/cas":                  {perm: auth.PermCAsRead, roles: trustReaders, status: http.StatusOK},
@@ -103,6 +108,15 @@ var scenarios = map[string]scenario{
 		path: at("/api/v1/identities/missing/prune"), status: http.StatusNotFound},
 	"POST /api/v1/kek/rotate": {perm: auth.PermKEKWrite, roles: adminOnly, status: http.StatusNotImplemented},
 	"GET /api/v1/kek":         {perm: auth.PermKEKWrite, roles: adminOnly, status: http.StatusNotImplemented},
+
+	"GET /api/v1/policy":       {perm: auth.PermPolicyRead, roles: trustReaders, status: http.StatusOK},
+	"GET /api/v1/policy/check": {perm: auth.PermPolicyRead, roles: trustReaders, status: http.StatusOK},
+	"PUT /api/v1/policy": {perm: auth.PermPolicyWrite, roles: adminOnly, status: http.StatusOK,
+		body: `{"apiVersion":"trustflow/v1","kind":"Policy"}`, audited: []string{"policy.set"}},
+	"POST /api/v1/policy/allow": {perm: auth.PermPolicyWrite, roles: adminOnly, status: http.StatusOK,
+		body: `{"host":"127.0.0.1","ports":"8443"}`, audited: []string{"policy.allow"}},
+	"POST /api/v1/policy/disallow": {perm: auth.PermPolicyWrite, roles: adminOnly, status: http.StatusNotFound,
+		body: `{"host":"10.9.9.9","ports":"443"}`},
 
 	"POST /api/v1/connectors":          {perm: auth.PermConnectorsWrite, roles: editors, body: `{}`, status: http.StatusBadRequest},
 	"GET /api/v1/connectors":           {perm: auth.PermConnectorsRead, roles: everyone, status: http.StatusOK},
@@ -209,6 +223,17 @@ func TestRouteScenarios(t *testing.T) {
 		secrets := scenarioSecrets{revoked: revoked, expired: expired}
 		fx := scenarioFixture{adminTokenID: e.adminP.TokenID, victimTokenID: victim.ID}
 
+		// Each request comes from a source of its own, so that each
+		// refusal is its source's first and is recorded at once, in a
+		// record of its own (TestRefusedFloodWritesBoundedRecords covers
+		// what a source's later refusals write).
+		sources := 0
+		fresh := func(r *http.Request) *http.Request {
+			sources++
+			r.RemoteAddr = fmt.Sprintf("198.18.%d.%d:1234", sources/256, sources%256)
+			return r
+		}
+
 		// presented collects every credential sent, none of which may
 		// reach the audit log or the server log.
 		presented := []string{e.admin, revoked, expired}
@@ -222,17 +247,6 @@ func TestRouteScenarios(t *testing.T) {
 			if !ok || key == "POST /hooks/{flow}" {
 				continue // TestEveryRouteHasAScenario reports a missing one; TestWebhookAuthMatrix covers the webhook
 			}
-		// Each request comes from a source of its own, so that each
-		// refusal is its source's first and is recorded at once, in a
-		// record of its own (TestRefusedFloodWritesBoundedRecords covers
-		// what a source's later refusals write).
-		sources := 0
-		fresh := func(r *http.Request) *http.Request {
-			sources++
-			r.RemoteAddr = fmt.Sprintf("198.18.%d.%d:1234", sources/256, sources%256)
-			return r
-		}
-
 			path := rt.Path
 			if sc.path != nil {
 				path = sc.path(fx)

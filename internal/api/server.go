@@ -26,6 +26,8 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -63,8 +65,10 @@ type Config struct {
 	Probe *probe.Prober
 	// Engine runs flows; its routes exist only when set.
 	Engine *engine.Engine
-}
-
+	// Policy is the egress and TLS policy; its routes exist only when set.
+	Policy *policy.Service
+	// PolicyCheck lists what a policy breaks, for GET /api/v1/policy/check.
+	PolicyCheck func(ctx context.Context, p *policy.Policy) ([]policy.Violation, error)
 	// Refusals bounds refused requests per source and how they are
 	// audited; its zero value means every default.
 	Refusals RefusalConfig
@@ -80,6 +84,8 @@ type Config struct {
 	MetricsAuth bool
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
+}
+
 // Server is the HTTP API.
 type Server struct {
 	cfg      Config
@@ -119,12 +125,6 @@ func New(cfg Config) *Server {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
-	s.metrics = newMetrics(cfg.Registry, cfg.Build, fips140.Enabled())
-	s.routes = s.buildRoutes()
-	for _, rt := range s.routes {
-		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
-	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 5 * time.Minute
 	}
@@ -134,8 +134,14 @@ func New(cfg Config) *Server {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
-	s.mux.Handle("/", s.wrap(Route{handler: s.unmatched, Public: true}))
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
 	s.refusals = newRefusals(cfg.Refusals, cfg.Clock, cfg.Audit, cfg.Logger)
+	s.metrics = newMetrics(cfg.Registry, cfg.Build, fips140.Enabled())
+	s.routes = s.buildRoutes()
+	for _, rt := range s.routes {
+		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
+	}
+	s.mux.Handle("/", s.wrap(Route{handler: s.unmatched, Public: true}))
 	s.handler = s.observe(s.mux)
 	return s
 }
@@ -159,20 +165,14 @@ func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		return &Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
-			Message: fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path), Hint: "use " + strings.Join(allow, " or ")}
+		return &errs.Error{Kind: errs.Invalid, Code: codeMethodNotAllowed, Message: fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path), Hint: "use " + strings.Join(allow, " or ")}
 	}
-	return &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no endpoint " + r.Method + " " + r.URL.Path,
-		Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"}
+	return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: "no endpoint " + r.Method + " " + r.URL.Path, Hint: "the API lives under /api/v1/; see /api/v1/openapi.json"}
 }
 
 // Handler returns the root handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Routes returns the registered routes (for documentation and tests).
-func (s *Server) Routes() []Route { return s.routes }
-
-// Register adds routes contributed by other parts of the server. It must be
 // Start begins writing the aggregated auth.denied records every
 // Refusals.Interval.
 func (s *Server) Start(ctx context.Context) error {
@@ -185,6 +185,10 @@ func (s *Server) Start(ctx context.Context) error {
 // idempotent.
 func (s *Server) Stop() { s.refusals.close() }
 
+// Routes returns the registered routes (for documentation and tests).
+func (s *Server) Routes() []Route { return s.routes }
+
+// Register adds routes contributed by other parts of the server. It must be
 // called before Handler is used to serve.
 func (s *Server) Register(routes ...Route) {
 	for _, rt := range routes {
@@ -201,6 +205,7 @@ func (s *Server) buildRoutes() []Route {
 	rs = append(rs, s.truststoreRoutes()...)
 	rs = append(rs, s.connectorRoutes()...)
 	rs = append(rs, s.probeRoutes()...)
+	rs = append(rs, s.policyRoutes()...)
 	rs = append(rs, s.flowRoutes()...)
 	return rs
 }
@@ -252,11 +257,6 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
 // Unwrap lets http.ResponseController reach the connection's deadlines.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
@@ -273,6 +273,11 @@ func (d *deadlineWriter) Write(p []byte) (int, error) {
 	return d.w.Write(p)
 }
 
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
 
 // observe assigns a request id, recovers panics, bounds bodies, and records
 // metrics and a log line for every request.
@@ -292,7 +297,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 				}
 				s.log.Error("panic serving request", "request_id", id, "method", r.Method, "path", r.URL.Path, "panic", p)
 				if sw.status == 0 {
-					s.writeError(sw, r, &Error{Status: 500, Code: "internal", Message: "internal error", Hint: "the server log has the details under this request id"})
+					s.writeError(sw, r, &errs.Error{Kind: errs.Internal, Code: "internal", Message: "internal error", Hint: "the server log has the details under this request id"})
 				}
 			}
 			route := r.Pattern
@@ -318,17 +323,17 @@ func (s *Server) observe(next http.Handler) http.Handler {
 // and maps its error.
 func (s *Server) wrap(rt Route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !rt.Public {
-			p, err := s.authenticate(r)
-			if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
-				// The token could not be checked (the database did not
-				// answer): that is the server's fault, not the caller's.
 		// A source over its refusals is answered before any work is done
 		// for it, with a token or without.
 		if err := s.refusals.limited(sourceOf(r, s.cfg.Refusals.TrustedProxies), rt.Method+" "+rt.Path); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
+		if !rt.Public {
+			p, err := s.authenticate(r)
+			if err != nil && !errors.Is(err, auth.ErrUnauthenticated) {
+				// The token could not be checked (the database did not
+				// answer): that is the server's fault, not the caller's.
 				s.writeError(w, r, err)
 				return
 			}
@@ -340,9 +345,7 @@ func (s *Server) wrap(rt Route) http.Handler {
 			}
 			if rt.Perm != "" && !p.Role.Can(rt.Perm) {
 				s.deny(r, rt, auth.ActorOf(p), "forbidden", nil)
-				s.writeError(w, r, &Error{Status: http.StatusForbidden, Code: "forbidden",
-					Message: "role " + string(p.Role) + " may not " + string(rt.Perm),
-					Hint:    "ask an admin for a token with a role that has " + string(rt.Perm) + " (" + rolesWith(rt.Perm) + ")"})
+				s.writeError(w, r, &errs.Error{Kind: errs.Forbidden, Code: "forbidden", Message: "role " + string(p.Role) + " may not " + string(rt.Perm), Hint: "ask an admin for a token with a role that has " + string(rt.Perm) + " (" + rolesWith(rt.Perm) + ")"})
 				return
 			}
 			// Store the principal on the request the mux handed us so that
@@ -373,11 +376,11 @@ func rolesWith(p auth.Permission) string {
 func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return auth.Principal{}, fmt.Errorf("%w: no Authorization header", auth.ErrUnauthenticated)
+		return auth.Principal{}, auth.Unauthenticated(auth.ReasonNoCredentials, "no Authorization header")
 	}
 	scheme, tok, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return auth.Principal{}, fmt.Errorf("%w: authorization scheme is not Bearer", auth.ErrUnauthenticated)
+		return auth.Principal{}, auth.Unauthenticated(auth.ReasonNotBearer, "authorization scheme is not Bearer")
 	}
 	return s.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
 }
@@ -398,28 +401,24 @@ func (s *Server) deny(r *http.Request, rt Route, actor audit.Actor, reason strin
 	s.refusals.refuse(r.Context(), src, reason, audit.Entry{Actor: actor, Action: "auth.denied", Target: rt.Method + " " + rt.Path, Outcome: audit.OutcomeDenied, Details: details})
 }
 
-// publicAuthCause reduces an authentication failure to a phrase that is
-// safe to store: never the token.
-func publicAuthCause(err error) string {
-	msg := err.Error()
-	for _, known := range []string{"no Authorization header", "authorization scheme is not Bearer", "does not start with", "wrong length", "not base64url", "unknown token", "is revoked", "expired"} {
-		if strings.Contains(msg, known) {
-			return known
-		}
-	}
-	return "invalid token"
-}
+// publicAuthCause is an authentication failure's reason, safe to store:
+// never the token.
+func publicAuthCause(err error) string { return auth.DenyReason(err) }
 
 // writeError sends err as the JSON error body, logging its internal cause.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := toAPIError(err)
 	id := RequestID(r.Context())
 	if e.Status >= 500 {
-		s.log.Error("request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
-	} else if e.Cause != nil {
-		s.log.Debug("request refused", "request_id", id, "code", e.Code, "err", e.Cause)
+		s.log.Error("request failed", "request_id", id, "method", r.Method, "path", r.URL.Path, "kind", e.Kind.String(), "err", err)
+	} else if e.Err != nil {
+		s.log.Debug("request refused", "request_id", id, "code", e.Code, "err", e.Err)
 	}
-	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: id, Problems: e.Problems}})
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfter(e.RetryAfter))
+	}
+	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Public(), Hint: e.Hint, Field: e.Field,
+		RequestID: id, Problems: wireProblems(e.Problems), UsedBy: e.UsedBy}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

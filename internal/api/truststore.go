@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -12,7 +11,7 @@ import (
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/custody"
-	"github.com/trustflow/trustflow/internal/hsm"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/truststore"
 )
@@ -163,35 +162,9 @@ func (s *Server) truststoreRoutes() []Route {
 	}
 }
 
-// trustError maps the trust store's errors to API errors.
-func trustError(err error) error {
-	var in *truststore.InputError
-	var conflict *truststore.ConflictError
-	var nf *truststore.NotFoundError
-	var ku *truststore.KeyUnavailableError
-	var he *hsm.Error
-	switch {
-	case errors.As(err, &in):
-		return &Error{Status: http.StatusBadRequest, Code: in.Code, Message: in.Field + ": " + in.Message, Hint: in.Hint, Cause: err}
-	case errors.As(err, &conflict):
-		return &Error{Status: http.StatusConflict, Code: conflict.Code, Message: conflict.Message, Hint: conflict.Hint, Cause: err}
-	case errors.As(err, &nf):
-		return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name),
-			Hint: notFoundHint(nf.Kind), Cause: err}
-	case errors.As(err, &ku):
-		return &Error{Status: http.StatusInternalServerError, Code: "key_unavailable",
-			Message: "the identity's private key cannot be unsealed: the stored key was altered, or this server has a different key-encryption key",
-			Hint:    "check that --kek is the key this database was sealed with; restore the identity from a backup or rotate in a new one", Cause: err}
-	case errors.As(err, &he):
-		// The token's diagnosis names the token and the fix, never a PIN.
-		status := http.StatusServiceUnavailable
-		if he.Code == hsm.CodeKeyExists {
-			status = http.StatusConflict
-		}
-		return &Error{Status: status, Code: he.Code, Message: fmt.Sprintf("PKCS#11 token %q: %s", he.Token, he.Message), Hint: he.Hint, Cause: err}
-	}
-	return err
-}
+// trustError returns the trust store's error: every one the caller can act
+// on is already an *errs.Error.
+func trustError(err error) error { return err }
 
 func (s *Server) addCA(w http.ResponseWriter, r *http.Request) error {
 	var req CARequest
@@ -371,7 +344,6 @@ func (s *Server) activateIdentity(w http.ResponseWriter, r *http.Request) error 
 		return trustError(err)
 	}
 	writeJSON(w, http.StatusOK, id)
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	return nil
 }
 
@@ -385,12 +357,11 @@ func (s *Server) pruneIdentity(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, PruneResult{Identity: id, Pruned: pruned})
 	return nil
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 }
 
 func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.RotateKEK == nil {
-		return &Error{Status: http.StatusNotImplemented, Code: "not_available", Message: "this server cannot rotate its key-encryption key", Hint: "run trustflow serve with a file-based KEK"}
+		return &errs.Error{Kind: errs.Unavailable, Code: codeNotAvailable, Message: "this server cannot rotate its key-encryption key", Hint: "run trustflow serve with a file-based KEK"}
 	}
 	// A rotation takes as long as the sealed values it re-wraps: no read
 	// deadline (which would cancel it), and a write deadline per answer
@@ -400,6 +371,7 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	_ = rc.SetWriteDeadline(time.Time{}) // likewise
 	if !queryOf(r).Bool("progress") {
 		res, err := s.cfg.RotateKEK(r.Context(), actor(r), nil)
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if err != nil {
 			return kekError(err)
 		}
@@ -413,6 +385,7 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	line := func(v any) {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		_ = enc.Encode(v) // a failed write means the client left; the rotation goes on
 		_ = rc.Flush()
 	}
@@ -422,7 +395,7 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		e := toAPIError(kekError(err))
 		s.log.Error("key-encryption key rotation failed", "request_id", RequestID(r.Context()), "err", err)
-		line(map[string]any{"error": errorDetail{Code: e.Code, Message: e.Message, Hint: e.Hint, RequestID: RequestID(r.Context())}})
+		line(map[string]any{"error": errorDetail{Code: e.Code, Message: e.Public(), Hint: e.Hint, RequestID: RequestID(r.Context())}})
 		return nil
 	}
 	line(map[string]any{"result": res})
@@ -431,7 +404,7 @@ func (s *Server) rotateKEK(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) kekStatus(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.KEKStatus == nil {
-		return &Error{Status: http.StatusNotImplemented, Code: "not_available", Message: "this server does not report its key custody", Hint: "run trustflow serve"}
+		return &errs.Error{Kind: errs.Unavailable, Code: codeNotAvailable, Message: "this server does not report its key custody", Hint: "run trustflow serve"}
 	}
 	st, err := s.cfg.KEKStatus(r.Context())
 	if err != nil {
@@ -454,19 +427,19 @@ func kekError(err error) error {
 	var missing *custody.MissingKEKError
 	switch {
 	case errors.As(err, &wrong):
-		return &Error{Status: http.StatusServiceUnavailable, Code: "kek_unavailable", Message: wrong.Error(),
-			Hint: "give this node the active key-encryption key, or rotate from a node that holds it", Cause: err}
+		return &errs.Error{Kind: errs.Unavailable, Code: "kek_unavailable", Message: wrong.Error(),
+			Hint: "give this node the active key-encryption key, or rotate from a node that holds it", Err: err}
 	case errors.As(err, &missing):
-		return &Error{Status: http.StatusConflict, Code: "kek_missing", Message: missing.Error(),
-			Hint: "a rotation cannot re-wrap values whose key this node lacks", Cause: err}
+		return &errs.Error{Kind: errs.Conflict, Code: "kek_missing", Message: missing.Error(),
+			Hint: "a rotation cannot re-wrap values whose key this node lacks", Err: err}
 	case errors.Is(err, seal.ErrReadOnlySource):
-		return &Error{Status: http.StatusConflict, Code: "kek_source_read_only", Message: strings.TrimPrefix(err.Error(), "custody: rotate: "),
-			Hint: "see docs/keys.md, rotating an env:// key", Cause: err}
+		return &errs.Error{Kind: errs.Conflict, Code: "kek_source_read_only", Message: strings.TrimPrefix(err.Error(), "custody: rotate: "),
+			Hint: "see docs/keys.md, rotating an env:// key", Err: err}
 	}
 	var ue *seal.UnknownKEKError
 	if errors.As(err, &ue) || errors.Is(err, seal.ErrTampered) {
-		return &Error{Status: http.StatusInternalServerError, Code: "kek_rotation_failed", Message: err.Error(),
-			Hint: "nothing was dropped: every value still opens under the keys it opened with; fix the value named and rotate again", Cause: err}
+		return &errs.Error{Kind: errs.Internal, Code: "kek_rotation_failed", Message: err.Error(),
+			Hint: "nothing was dropped: every value still opens under the keys it opened with; fix the value named and rotate again", Err: err}
 	}
 	return trustError(err)
 }

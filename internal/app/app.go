@@ -29,6 +29,7 @@ import (
 	"github.com/trustflow/trustflow/internal/custody"
 	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/hsm"
+	"github.com/trustflow/trustflow/internal/policy"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
@@ -65,6 +66,7 @@ type App struct {
 	Connectors *connector.Service
 	Engine     *engine.Engine
 	Keys       *custody.Manager
+	Policy     *policy.Service
 	API        *api.Server
 	Console    *web.Console
 
@@ -147,12 +149,20 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if a.Keys.Created {
 		opts.Logger.Info("created key-encryption key", "source", source.String(), "kek_id", a.Keys.ActiveID())
 	}
-	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: a.Keys.Keyring(), Clock: opts.Clock, FIPS: cfg.FIPS, HSM: tokens})
+	// Every outbound connection, and every identity, obeys one policy.
+	a.Policy, err = policy.NewService(ctx, policy.ServiceConfig{Store: st, Audit: a.Audit, Clock: opts.Clock, Check: a.policyViolations})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("app: policy: %w", err)
+	}
+	a.Trust, err = truststore.New(truststore.Config{Store: st, Audit: a.Audit, Keyring: a.Keys.Keyring(), Clock: opts.Clock, FIPS: cfg.FIPS, HSM: tokens,
+		Policy: a.Policy.Current})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	a.Connectors, err = connector.New(connector.Config{Store: st, Audit: a.Audit, Trust: a.Trust, Clock: opts.Clock, Logger: opts.Logger, FIPS: cfg.FIPS})
+	a.Connectors, err = connector.New(connector.Config{Store: st, Audit: a.Audit, Trust: a.Trust, Clock: opts.Clock, Logger: opts.Logger, FIPS: cfg.FIPS,
+		Policy: a.Policy.Current})
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -160,13 +170,15 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	a.Trust.SetInUse(a.Connectors.InUse)
 	a.Engine, err = engine.New(ctx, engine.Config{Store: st, Audit: a.Audit, Connectors: a.Connectors, Trust: a.Trust, Clock: opts.Clock,
 		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, KeysReady: a.Keys.Ready,
-		WebhookWindow: cfg.WebhookWindow, WebhookDeliveryTTL: cfg.WebhookDeliveryTTL})
+		WebhookWindow: cfg.WebhookWindow, WebhookDeliveryTTL: cfg.WebhookDeliveryTTL,
+		Limits: engine.Limits{SubflowDepth: cfg.MaxSubflowDepth, ForeachItems: cfg.MaxForeachItems, StepOutputBytes: cfg.MaxStepOutput,
+			RunStateBytes: cfg.MaxRunState, RunDuration: cfg.MaxRunDuration, RunsInFlight: cfg.MaxRunsInFlight}})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("app: engine: %w", err)
 	}
 	a.Trust.SetEventSink(a.Engine.TrustEvents())
-	prober, err := probe.New(probe.Config{Trust: a.Trust, Audit: a.Audit, Clock: opts.Clock})
+	prober, err := probe.New(probe.Config{Trust: a.Trust, Audit: a.Audit, Clock: opts.Clock, Policy: a.Policy.Current})
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -196,12 +208,13 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		Store: st, Auth: a.Auth, Audit: a.Audit, Logger: opts.Logger, Build: opts.Build,
 		FIPSRequired: cfg.FIPS, MaxBodyBytes: cfg.MaxBodyBytes, Registry: prometheus.NewRegistry(),
 		Trust: a.Trust, RotateKEK: a.rotateKEK, KEKStatus: a.Keys.Status, KeysReady: a.Keys.Ready, Connectors: a.Connectors, Probe: prober, Engine: a.Engine,
+		Policy: a.Policy, PolicyCheck: a.policyViolations,
+		Refusals: api.RefusalConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst, TrustedProxies: trusted},
+		MaxWait:  cfg.MaxWait, WriteTimeout: cfg.WriteTimeout, MetricsAuth: cfg.MetricsAuth, Clock: opts.Clock,
 	})
 	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine, Prober: prober,
 		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
-		Refusals: api.RefusalConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst, TrustedProxies: trusted},
-		MaxWait:  cfg.MaxWait, WriteTimeout: cfg.WriteTimeout, MetricsAuth: cfg.MetricsAuth, Clock: opts.Clock,
 		st.Close()
 		return nil, err
 	}
@@ -245,14 +258,14 @@ func (a *App) Start(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("app: start audit checkpoints: %w", err)
 	}
-	a.ln, a.srv = ln, srv
-	a.serveErr = make(chan error, 1)
-	go func() {
-		err := srv.Serve(ln)
 	if err := a.API.Start(context.WithoutCancel(ctx)); err != nil {
 		ln.Close()
 		return fmt.Errorf("app: start the API: %w", err)
 	}
+	a.ln, a.srv = ln, srv
+	a.serveErr = make(chan error, 1)
+	go func() {
+		err := srv.Serve(ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
@@ -312,6 +325,8 @@ func (a *App) Stop() error {
 			errs = append(errs, fmt.Errorf("app: shutdown http: %w", err))
 		}
 	}
+	// Refusals not yet recorded are written while the database is open.
+	a.API.Stop()
 	a.Keys.Stop()
 	a.Audit.Stop()
 	if a.engineStarted {
@@ -321,8 +336,6 @@ func (a *App) Stop() error {
 		}
 		cancel()
 	}
-	// Refusals not yet recorded are written while the database is open.
-	a.API.Stop()
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("app: close database: %w", err))
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/tlsconfig"
 )
 
 // Timeouts of the HTTP server. The API sets per-route deadlines within
@@ -72,20 +73,8 @@ func serverTLSConfig(cfg config.Config) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: --tls-cert/--tls-key: %w", err)
 	}
-	tc := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-		CipherSuites: []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		},
-	}
-	if cfg.FIPS || fips140.Enabled() {
-		tc.CipherSuites = tc.CipherSuites[:4]
-		tc.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384}
-	}
+	tc := tlsconfig.Server(tlsconfig.ServerOptions{Certificates: []tls.Certificate{cert}, FIPS: cfg.FIPS || fips140.Enabled()})
+	tc.NextProtos = []string{"h2", "http/1.1"}
 	return tc, nil
 }
 

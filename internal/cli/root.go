@@ -18,6 +18,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/apiclient"
 	"github.com/trustflow/trustflow/internal/config"
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // Build describes the binary; main fills it from link-time values.
@@ -87,6 +88,21 @@ func Execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		}
 		return 1
 	}
+	if e, ok := errs.As(err); ok && e.Kind != errs.Internal {
+		// A document checked here, before anything was sent.
+		if len(e.Problems) > 1 {
+			fmt.Fprintf(stderr, "Error: %d problems; nothing was changed:\n", len(e.Problems))
+			for _, p := range e.Problems {
+				fmt.Fprintf(stderr, "  %s\n", p.String())
+			}
+			return 1
+		}
+		fmt.Fprintf(stderr, "Error: %s\n", e.Public())
+		if e.Hint != "" {
+			fmt.Fprintf(stderr, "Hint: %s\n", e.Hint)
+		}
+		return 1
+	}
 	fmt.Fprintln(stderr, "Error: "+err.Error())
 	return 1
 }
@@ -112,7 +128,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVar(&g.token, "token", g.getenv(config.EnvToken), "API token (env "+config.EnvToken+"; default: the admin token file in --data-dir when the server is local)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(newServeCmd(g), newTokenCmd(g), newAuditCmd(g), newVersionCmd(g))
-	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g))
+	root.AddCommand(newCACmd(g), newIdentityCmd(g), newKEKCmd(g), newPolicyCmd(g))
 	root.AddCommand(newProbeCmd(g))
 	root.AddCommand(newConnectorCmd(g), newQuickstartCmd(g))
 	root.AddCommand(newFlowCmd(g), newRunCmd(g), newLoadCmd(g))

@@ -61,6 +61,14 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.WebhookWindow, "webhook-window", config.DefaultWebhookWindow, "how far a signed webhook's X-Trustflow-Timestamp may be from this server's clock, either way; accepted signatures are remembered that long to refuse replays (the same on every node)")
 	f.DurationVar(&cfg.WebhookDeliveryTTL, "webhook-delivery-ttl", config.DefaultWebhookDeliveryTTL, "how long an X-Trustflow-Delivery id returns the run its first delivery started")
 	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0, "how long after a node died its runs resume on another (or the restarted) node; must exceed --job-timeout (default --job-timeout + 1m)")
+	f.Float64Var(&cfg.AuthFailRate, "auth-fail-rate", config.DefaultAuthFailRate, "refused requests (no valid token, a role without the permission, a bad webhook signature) a second one source may make before it gets 429")
+	f.IntVar(&cfg.AuthFailBurst, "auth-fail-burst", config.DefaultAuthFailBurst, "refused requests one source may make at once before it gets 429")
+	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeat or comma-separate; default: none, the peer address is the source)")
+	f.DurationVar(&cfg.MaxWait, "max-wait", config.DefaultMaxWait, "longest ?wait= a run start or webhook may ask for")
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", config.DefaultWriteTimeout, "time to write an answer, and each write of a streamed one (audit export); a client that stops reading is dropped")
+	f.IntVar(&cfg.MaxConnections, "max-connections", config.DefaultMaxConnections, "most HTTP connections open at once; more wait to be accepted")
+	f.BoolVar(&cfg.MetricsAuth, "metrics-auth", false, "make /metrics require a valid token (any role)")
+	addLimitFlags(f, &cfg.RunLimits)
 	// How often the node re-reads the active key-encryption key id; the
 	// process tests of rotations shorten it. Hidden: the default is the
 	// documented behaviour.
@@ -76,13 +84,6 @@ func newLogger(g *globals, format string, level slog.Level) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(g.stderr, opts))
 }
-	f.Float64Var(&cfg.AuthFailRate, "auth-fail-rate", config.DefaultAuthFailRate, "refused requests (no valid token, a role without the permission, a bad webhook signature) a second one source may make before it gets 429")
-	f.IntVar(&cfg.AuthFailBurst, "auth-fail-burst", config.DefaultAuthFailBurst, "refused requests one source may make at once before it gets 429")
-	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeat or comma-separate; default: none, the peer address is the source)")
-	f.DurationVar(&cfg.MaxWait, "max-wait", config.DefaultMaxWait, "longest ?wait= a run start or webhook may ask for")
-	f.DurationVar(&cfg.WriteTimeout, "write-timeout", config.DefaultWriteTimeout, "time to write an answer, and each write of a streamed one (audit export); a client that stops reading is dropped")
-	f.IntVar(&cfg.MaxConnections, "max-connections", config.DefaultMaxConnections, "most HTTP connections open at once; more wait to be accepted")
-	f.BoolVar(&cfg.MetricsAuth, "metrics-auth", false, "make /metrics require a valid token (any role)")
 
 // contextOf returns the command's context, never nil.
 func contextOf(cmd *cobra.Command) context.Context {

@@ -122,6 +122,35 @@ type Config struct {
 	// (or the restarted) node. Must exceed JobTimeout. Defaults to
 	// JobTimeout + 1m.
 	RescueAfter time.Duration
+	// AuthFailRate is how many refused requests a second one source may
+	// make before it gets 429; AuthFailBurst how many at once. Default 10
+	// and 20.
+	AuthFailRate  float64
+	AuthFailBurst int
+	// TrustedProxies are the CIDRs of reverse proxies whose
+	// X-Forwarded-For names the client. Empty (the default) trusts none:
+	// the source of a request is its peer address.
+	TrustedProxies []string
+	// MaxWait caps ?wait= on run starts and webhooks. Defaults to 5m.
+	MaxWait time.Duration
+	// WriteTimeout bounds writing one answer, and each write of a streamed
+	// one: a client that stops reading is dropped. Defaults to 30s.
+	WriteTimeout time.Duration
+	// MaxConnections caps open HTTP connections; more wait in the kernel's
+	// accept queue. Defaults to 1024.
+	MaxConnections int
+	// MetricsAuth makes /metrics require a valid token (any role: the
+	// system:read permission). Defaults to off.
+	MetricsAuth bool
+	// RunLimits are the server's limits on runs (limits.go).
+	RunLimits
+	// WebhookWindow is how far a signed webhook's X-Trustflow-Timestamp may
+	// be from the server's clock, either way, and so how long an accepted
+	// signature is remembered to refuse its replay. Defaults to 5m.
+	WebhookWindow time.Duration
+	// WebhookDeliveryTTL is how long an X-Trustflow-Delivery id maps to the
+	// run its first delivery started. Defaults to 24h.
+	WebhookDeliveryTTL time.Duration
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -162,36 +191,31 @@ func (c Config) WithDefaults() Config {
 	if c.JobTimeout == 0 {
 		c.JobTimeout = 5 * time.Minute
 	}
-	// AuthFailRate is how many refused requests a second one source may
-	// make before it gets 429; AuthFailBurst how many at once. Default 10
-	// and 20.
-	AuthFailRate  float64
-	AuthFailBurst int
-	// TrustedProxies are the CIDRs of reverse proxies whose
-	// X-Forwarded-For names the client. Empty (the default) trusts none:
-	// the source of a request is its peer address.
-	TrustedProxies []string
-	// MaxWait caps ?wait= on run starts and webhooks. Defaults to 5m.
-	MaxWait time.Duration
-	// WriteTimeout bounds writing one answer, and each write of a streamed
-	// one: a client that stops reading is dropped. Defaults to 30s.
-	WriteTimeout time.Duration
-	// MaxConnections caps open HTTP connections; more wait in the kernel's
-	// accept queue. Defaults to 1024.
-	MaxConnections int
-	// MetricsAuth makes /metrics require a valid token (any role: the
-	// system:read permission). Defaults to off.
-	MetricsAuth bool
-	// WebhookWindow is how far a signed webhook's X-Trustflow-Timestamp may
-	// be from the server's clock, either way, and so how long an accepted
-	// signature is remembered to refuse its replay. Defaults to 5m.
-	WebhookWindow time.Duration
-	// WebhookDeliveryTTL is how long an X-Trustflow-Delivery id maps to the
-	// run its first delivery started. Defaults to 24h.
-	WebhookDeliveryTTL time.Duration
 	if c.RescueAfter == 0 {
 		c.RescueAfter = c.JobTimeout + time.Minute
 	}
+	if c.AuthFailRate == 0 {
+		c.AuthFailRate = DefaultAuthFailRate
+	}
+	if c.AuthFailBurst == 0 {
+		c.AuthFailBurst = DefaultAuthFailBurst
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = DefaultMaxWait
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.WebhookWindow == 0 {
+		c.WebhookWindow = DefaultWebhookWindow
+	}
+	if c.WebhookDeliveryTTL == 0 {
+		c.WebhookDeliveryTTL = DefaultWebhookDeliveryTTL
+	}
+	c.RunLimits = c.RunLimits.withDefaults()
 	return c
 }
 
@@ -216,76 +240,6 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 0 {
 		errs = append(errs, errors.New("max body bytes: must be positive"))
 	}
-	if _, err := ParseDatabaseURL(c.DatabaseURL, c.DataDir); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := ParseKEKURI(c.KEK); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := ParseAuditKeyURI(c.AuditKey); err != nil {
-		errs = append(errs, err)
-	}
-	if c.AuditCheckpointEvery < MinAuditCheckpointEvery || c.AuditCheckpointEvery > MaxAuditCheckpointEvery {
-		errs = append(errs, fmt.Errorf("--audit-checkpoint-every %s: want %s to %s (e.g. 5m)", c.AuditCheckpointEvery, MinAuditCheckpointEvery, MaxAuditCheckpointEvery))
-	}
-	if c.AuditCheckpointRecords < 1 || c.AuditCheckpointRecords > MaxAuditCheckpointRecords {
-		errs = append(errs, fmt.Errorf("--audit-checkpoint-records %d: want 1 to %d (e.g. 1000)", c.AuditCheckpointRecords, MaxAuditCheckpointRecords))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("config: %w", errors.Join(errs...))
-	}
-	return nil
-}
-
-// Database is a parsed --db value.
-type Database struct {
-	// Dialect is "sqlite" or "postgres".
-	Dialect string
-	if c.AuthFailRate == 0 {
-		c.AuthFailRate = DefaultAuthFailRate
-	}
-	if c.AuthFailBurst == 0 {
-		c.AuthFailBurst = DefaultAuthFailBurst
-	}
-	if c.MaxWait == 0 {
-		c.MaxWait = DefaultMaxWait
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = DefaultWriteTimeout
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = DefaultMaxConnections
-	}
-	if c.WebhookWindow == 0 {
-		c.WebhookWindow = DefaultWebhookWindow
-	}
-	if c.WebhookDeliveryTTL == 0 {
-		c.WebhookDeliveryTTL = DefaultWebhookDeliveryTTL
-	}
-	// DSN is what the driver opens: a file path for SQLite, the URL for PostgreSQL.
-	DSN string
-}
-
-// ParseDatabaseURL interprets a --db value. Empty means SQLite in dataDir.
-func ParseDatabaseURL(raw, dataDir string) (Database, error) {
-	switch {
-	case raw == "":
-		return Database{Dialect: "sqlite", DSN: filepath.Join(dataDir, SQLiteFileName)}, nil
-	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
-		if _, err := url.Parse(raw); err != nil {
-			return Database{}, fmt.Errorf("--db: not a valid PostgreSQL URL (want postgres://user@host:5432/dbname): %w", err)
-		}
-		return Database{Dialect: "postgres", DSN: raw}, nil
-	case strings.HasPrefix(raw, "sqlite:"):
-		p := strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//")
-		if p == "" {
-			return Database{}, errors.New("--db sqlite: needs a file path, e.g. sqlite:/var/lib/trustflow/trustflow.db")
-		}
-		return Database{Dialect: "sqlite", DSN: p}, nil
-	case strings.HasPrefix(raw, "file:"):
-		return Database{Dialect: "sqlite", DSN: strings.TrimPrefix(raw, "file:")}, nil
-	default:
-		return Database{}, fmt.Errorf("--db %q: unknown database; use postgres://user@host:5432/db, sqlite:PATH, or leave it empty for SQLite in the data dir", redactURL(raw))
 	if c.AuthFailRate < 0 || c.AuthFailRate > 1e6 {
 		errs = append(errs, fmt.Errorf("--auth-fail-rate %g: want refused requests a second per source, more than 0 (e.g. 10)", c.AuthFailRate))
 	}
@@ -310,25 +264,26 @@ func ParseDatabaseURL(raw, dataDir string) (Database, error) {
 	if c.WebhookDeliveryTTL < c.WebhookWindow || c.WebhookDeliveryTTL > 30*24*time.Hour {
 		errs = append(errs, fmt.Errorf("--webhook-delivery-ttl %s: want --webhook-window (%s) to 720h (e.g. 24h)", c.WebhookDeliveryTTL, c.WebhookWindow))
 	}
+	if _, err := ParseDatabaseURL(c.DatabaseURL, c.DataDir); err != nil {
+		errs = append(errs, err)
 	}
-}
-
-// redactURL hides a password in a URL before it is shown in an error.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+	if _, err := ParseKEKURI(c.KEK); err != nil {
+		errs = append(errs, err)
 	}
-	return u.Redacted()
-}
-
-// KEKSource is a parsed --kek value.
-type KEKSource struct {
-	// Scheme is "file", "env" or "pkcs11".
-	Scheme string
-	// Path is the file (file), the variable name (env), or the whole URI
-	// (pkcs11, parsed by the PKCS#11 layer).
-	Path string
+	if _, err := ParseAuditKeyURI(c.AuditKey); err != nil {
+		errs = append(errs, err)
+	}
+	if c.AuditCheckpointEvery < MinAuditCheckpointEvery || c.AuditCheckpointEvery > MaxAuditCheckpointEvery {
+		errs = append(errs, fmt.Errorf("--audit-checkpoint-every %s: want %s to %s (e.g. 5m)", c.AuditCheckpointEvery, MinAuditCheckpointEvery, MaxAuditCheckpointEvery))
+	}
+	if c.AuditCheckpointRecords < 1 || c.AuditCheckpointRecords > MaxAuditCheckpointRecords {
+		errs = append(errs, fmt.Errorf("--audit-checkpoint-records %d: want 1 to %d (e.g. 1000)", c.AuditCheckpointRecords, MaxAuditCheckpointRecords))
+	}
+	errs = append(errs, c.RunLimits.validate()...)
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
 }
 
 // ParseTrustedProxies parses --trusted-proxy values: CIDRs (10.0.0.0/8)
@@ -349,6 +304,55 @@ func ParseTrustedProxies(raw []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// Database is a parsed --db value.
+type Database struct {
+	// Dialect is "sqlite" or "postgres".
+	Dialect string
+	// DSN is what the driver opens: a file path for SQLite, the URL for PostgreSQL.
+	DSN string
+}
+
+// ParseDatabaseURL interprets a --db value. Empty means SQLite in dataDir.
+func ParseDatabaseURL(raw, dataDir string) (Database, error) {
+	switch {
+	case raw == "":
+		return Database{Dialect: "sqlite", DSN: filepath.Join(dataDir, SQLiteFileName)}, nil
+	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
+		if _, err := url.Parse(raw); err != nil {
+			return Database{}, fmt.Errorf("--db: not a valid PostgreSQL URL (want postgres://user@host:5432/dbname): %w", err)
+		}
+		return Database{Dialect: "postgres", DSN: raw}, nil
+	case strings.HasPrefix(raw, "sqlite:"):
+		p := strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//")
+		if p == "" {
+			return Database{}, errors.New("--db sqlite: needs a file path, e.g. sqlite:/var/lib/trustflow/trustflow.db")
+		}
+		return Database{Dialect: "sqlite", DSN: p}, nil
+	case strings.HasPrefix(raw, "file:"):
+		return Database{Dialect: "sqlite", DSN: strings.TrimPrefix(raw, "file:")}, nil
+	default:
+		return Database{}, fmt.Errorf("--db %q: unknown database; use postgres://user@host:5432/db, sqlite:PATH, or leave it empty for SQLite in the data dir", redactURL(raw))
+	}
+}
+
+// redactURL hides a password in a URL before it is shown in an error.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}
+
+// KEKSource is a parsed --kek value.
+type KEKSource struct {
+	// Scheme is "file", "env" or "pkcs11".
+	Scheme string
+	// Path is the file (file), the variable name (env), or the whole URI
+	// (pkcs11, parsed by the PKCS#11 layer).
+	Path string
 }
 
 // Bounds of the audit checkpoint settings.
