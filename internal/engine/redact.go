@@ -60,7 +60,8 @@ const (
 //   - hex-encoded, either case;
 //   - inside standard or URL base64, padded or not, at any alignment (the
 //     base64 of "user:secret" as sent in Basic authentication): a run of
-//     base64 characters whose decoding holds the secret is redacted whole.
+//     base64 characters whose decoding holds the secret (as it is) is
+//     redacted whole.
 //
 // A secret shorter than minSubstringSecret characters is redacted only
 // where it is the whole text (trimmed), as is or in one of those
@@ -77,10 +78,11 @@ type redactor struct {
 // secret is one value to redact, with its forms to look for.
 type secret struct {
 	value  string
-	folded string // case-folded
-	plus   string // folded, with each space as '+'; "" when it has none
-	hex    string // lower-case hex of the value
-	short  bool   // fewer than minSubstringSecret characters
+	folded string   // case-folded
+	plus   string   // folded, with each space as '+'; "" when it has none
+	hex    string   // lower-case hex of the value
+	cores  []string // base64Cores of the value
+	short  bool     // fewer than minSubstringSecret characters
 }
 
 func newRedactor() *redactor { return &redactor{known: map[string]bool{}} }
@@ -102,6 +104,9 @@ func (r *redactor) addLocked(v string) {
 	s := secret{value: v, folded: foldString(v), hex: hex.EncodeToString([]byte(v)), short: utf8.RuneCountInString(v) < minSubstringSecret}
 	if strings.Contains(s.folded, " ") {
 		s.plus = strings.ReplaceAll(s.folded, " ", "+")
+	}
+	if !s.short {
+		s.cores = base64Cores(v)
 	}
 	r.secrets = append(r.secrets, s)
 }
@@ -554,78 +559,90 @@ func isBase64(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_'
 }
 
+// base64Cores returns, for each alignment of a value in base64 data, the
+// base64 characters (standard alphabet) that its bytes alone determine: a
+// run of base64 whose decoding holds the value holds one of them.
+func base64Cores(v string) []string {
+	n := len(v)
+	out := make([]string, 0, 3)
+	for r := range 3 {
+		buf := make([]byte, r+n+2)
+		copy(buf[r:], v)
+		enc := base64.RawStdEncoding.EncodeToString(buf)
+		from, to := (8*r+5)/6, 8*(r+n)/6
+		out = append(out, enc[from:to])
+	}
+	return out
+}
+
 // base64Secrets returns the runs of base64 characters of s (with their
-// padding) whose decoding, at some alignment, holds a long secret; with
-// short secrets, s itself when it is one run decoding to one.
+// padding) whose decoding, at some alignment, holds a long secret as it is;
+// with short secrets, s itself when it is one run decoding to one.
 func base64Secrets(s string, list []secret, long bool) []span {
 	var out []span
-	minLen := -1
-	for _, sec := range list {
-		if !sec.short {
-			// Case folding can shorten a character's encoding: count
-			// characters, each at least a byte.
-			if n := (utf8.RuneCountInString(sec.value)*4 + 2) / 3; minLen < 0 || n < minLen {
-				minLen = n
+	if long {
+		// The URL alphabet's - and _ stand for + and /.
+		norm := s
+		if strings.ContainsAny(s, "-_") {
+			norm = strings.NewReplacer("-", "+", "_", "/").Replace(s)
+		}
+		for _, sec := range list {
+			if sec.short {
+				continue
 			}
-		}
-	}
-	short := slices.ContainsFunc(list, func(sec secret) bool { return sec.short })
-	first, last := len(s)-len(strings.TrimLeftFunc(s, unicode.IsSpace)), len(strings.TrimRightFunc(s, unicode.IsSpace))
-	var norm []byte
-	for i := 0; i < len(s); {
-		if !isBase64(s[i]) {
-			i++
-			continue
-		}
-		j := i
-		for j < len(s) && isBase64(s[j]) {
-			j++
-		}
-		tokEnd := j
-		for tokEnd < len(s) && s[tokEnd] == '=' {
-			tokEnd++
-		}
-		norm = append(norm[:0], s[i:j]...)
-		for k, c := range norm {
-			switch c {
-			case '-':
-				norm[k] = '+'
-			case '_':
-				norm[k] = '/'
-			}
-		}
-		if long && j-i >= minLen && base64Holds(norm, list) {
-			out = append(out, span{i, tokEnd})
-		}
-		if short && i == first && tokEnd == last {
-			if dec, ok := decodeBase64(norm); ok {
-				f := foldString(string(dec))
-				for _, sec := range list {
-					if sec.short && f == sec.folded {
-						out = append(out, span{i, tokEnd})
+			for _, core := range sec.cores {
+				for off := 0; off <= len(norm)-len(core); {
+					k := strings.Index(norm[off:], core)
+					if k < 0 {
 						break
 					}
+					i, j := off+k, off+k+len(core)
+					for i > 0 && isBase64(norm[i-1]) {
+						i--
+					}
+					for j < len(norm) && isBase64(norm[j]) {
+						j++
+					}
+					end := j
+					for end < len(s) && s[end] == '=' {
+						end++
+					}
+					if base64Holds([]byte(norm[i:j]), sec.value) {
+						out = append(out, span{i, end})
+					}
+					off = end
 				}
 			}
 		}
-		i = tokEnd
+	}
+	if !slices.ContainsFunc(list, func(sec secret) bool { return sec.short }) {
+		return out
+	}
+	// A short secret: the whole (trimmed) text as one run.
+	t := strings.TrimFunc(s, unicode.IsSpace)
+	tok := strings.TrimRight(t, "=")
+	if tok == "" || strings.IndexFunc(tok, func(r rune) bool { return r > 0x7f || !isBase64(byte(r)) }) >= 0 {
+		return out
+	}
+	norm := []byte(strings.NewReplacer("-", "+", "_", "/").Replace(tok))
+	if dec, ok := decodeBase64(norm); ok {
+		f := foldString(string(dec))
+		for _, sec := range list {
+			if sec.short && f == sec.folded {
+				first := len(s) - len(strings.TrimLeftFunc(s, unicode.IsSpace))
+				return append(out, span{first, first + len(t)})
+			}
+		}
 	}
 	return out
 }
 
 // base64Holds reports whether the base64 run tok, decoded from any of its
-// first four characters on, holds a long secret.
-func base64Holds(tok []byte, list []secret) bool {
+// first four characters on, holds v.
+func base64Holds(tok []byte, v string) bool {
 	for k := 0; k < 4 && k < len(tok); k++ {
-		dec, ok := decodeBase64(tok[k:])
-		if !ok {
-			continue
-		}
-		f := foldString(string(dec))
-		for _, sec := range list {
-			if !sec.short && strings.Contains(f, sec.folded) {
-				return true
-			}
+		if dec, ok := decodeBase64(tok[k:]); ok && bytes.Contains(dec, []byte(v)) {
+			return true
 		}
 	}
 	return false

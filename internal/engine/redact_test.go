@@ -184,11 +184,8 @@ func refMentions(text, secret string) bool {
 		return true
 	}
 	for _, tok := range refBase64Run.FindAllString(text, -1) {
-		if len(tok) < (n*4+2)/3 {
-			continue
-		}
 		for k := 0; k < 4 && k < len(tok); k++ {
-			if dec, ok := refBase64(tok[k:]); ok && refContainsFold(dec, secret) {
+			if dec, ok := refBase64(tok[k:]); ok && strings.Contains(dec, secret) {
 				return true
 			}
 		}
@@ -357,8 +354,45 @@ func FuzzRedactor(f *testing.F) {
 		pos := int(at) % (len(text) + 1)
 		in := text[:pos] + e + text[pos:]
 		out = r.text(in)
+		if !refMentions(in, secret) {
+			// Put next to a broken escape ("%0" before it), the form no longer
+			// decodes to the secret.
+			require.Equal(t, in, out, "text without the secret is unchanged")
+			return
+		}
 		clean := markerless(out, secret)
 		require.NotContains(t, clean, e, "%s form of %q survives in %q", names[int(which)%len(names)], secret, out)
 		require.False(t, refMentions(clean, secret), "secret %q survives in %q", secret, out)
 	})
+}
+
+// BenchmarkRedactor measures the redactor on a stored call result (JSON
+// with headers, a body and base64 and percent-encoded fields, no secret in
+// it) of 4 KiB and 1 MiB, with one and with eight secrets.
+func BenchmarkRedactor(b *testing.B) {
+	var item strings.Builder
+	item.WriteString(`{"id":"u-1234","login":"jdoe","note":"Plain text with WORDS, numbers 12345 and a path /a/b%2Fc?x=1&y=two",`)
+	item.WriteString(`"blob":"` + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("payload bytes ", 8))) + `","esc":"line\nnext \"quoted\" \u00e9"}`)
+	for _, size := range []int{4 << 10, 1 << 20} {
+		var doc strings.Builder
+		doc.WriteString(`{"status":200,"headers":{"content-type":"application/json"},"body":[`)
+		for doc.Len() < size {
+			doc.WriteString(item.String() + ",")
+		}
+		text := strings.TrimSuffix(doc.String(), ",") + `]}`
+		for _, n := range []int{1, 8} {
+			r := newRedactor()
+			for i := range n {
+				r.add(fmt.Sprintf("sk-live-%02d-7f3a9c2e", i))
+			}
+			b.Run(fmt.Sprintf("%dKiB/%dsecrets", size>>10, n), func(b *testing.B) {
+				b.SetBytes(int64(len(text)))
+				for b.Loop() {
+					if r.json(text) != text {
+						b.Fatal("a text without the secret changed")
+					}
+				}
+			})
+		}
+	}
 }
