@@ -82,6 +82,9 @@ type Config struct {
 	// key-encryption key; while it returns an error the node takes no run
 	// job (each is snoozed for another node, or for later).
 	KeysReady func() error
+	// Limits are the server's limits on runs; zero fields take their
+	// defaults (see Limits).
+	Limits Limits
 	// WebhookWindow is how far a signed webhook's timestamp may be from
 	// this node's clock, either way; an accepted request's signature is
 	// remembered (and its replay refused) that long. Defaults to 5m.
@@ -111,6 +114,16 @@ type Engine struct {
 	hookDummy webhookDummy
 
 	stopSync context.CancelFunc
+
+	// work bounds the steps of this node that evaluate and build their
+	// results at once (limits.go).
+	work workSlots
+	// answers bounds the bytes of call requests and answers this node
+	// holds at once (limits.go).
+	answers *answerBudget
+	// held bounds the run state this node's executions hold at once
+	// (limits.go).
+	held *heldState
 }
 
 // New builds the engine and its queue (migrating the queue's tables).
@@ -136,6 +149,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Budget > cfg.JobTimeout/2 {
 		cfg.Budget = cfg.JobTimeout / 2
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.WebhookWindow <= 0 {
 		cfg.WebhookWindow = DefaultWebhookWindow
 	}
@@ -150,7 +164,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Node = id
 	}
 	e := &Engine{cfg: cfg, st: cfg.Store, audit: cfg.Audit, conns: cfg.Connectors, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
-		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}}
+		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}, work: newWorkSlots(), answers: newAnswerBudget(cfg.Limits), held: &heldState{budget: heldBudget(cfg.Limits)}}
 	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, Workers: cfg.Workers, PollInterval: cfg.PollInterval,
 		JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, Logger: cfg.Logger,
 		OnSchedule: e.onSchedule, OnScan: e.Scan, ScanInterval: cfg.ScanInterval}, e.advance)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/connector"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/queue"
 	"github.com/trustflow/trustflow/internal/seal"
@@ -25,10 +26,6 @@ import (
 
 // onErrorPrefix starts the paths of on_error steps.
 const onErrorPrefix = "on_error."
-
-// maxStoredOutput bounds a step's stored result; larger results are kept
-// truncated with a flag saying so.
-const maxStoredOutput = 1 << 20
 
 // maxRetryAfter caps a server's Retry-After.
 const maxRetryAfter = time.Hour
@@ -101,6 +98,11 @@ func (e *Engine) advance(ctx context.Context, runID string) error {
 	if err != nil {
 		return err
 	}
+	// The node holds only so much run state at once (limits.go).
+	if !e.held.enter(x.stateBytes) {
+		return queue.Snooze(heldRetry)
+	}
+	defer x.leave()
 	return x.advance(ctx)
 }
 
@@ -126,6 +128,9 @@ type execution struct {
 	mu  sync.Mutex
 	cps map[string]store.Step
 	seq int64
+	// stateBytes is what the checkpoints hold (stateSize), for the run
+	// state limit.
+	stateBytes int64
 }
 
 func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, error) {
@@ -149,6 +154,7 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 			return nil, err
 		}
 		x.cps[s.Path] = s
+		x.stateBytes += stateSize(s)
 		if s.Seq > x.seq {
 			x.seq = s.Seq
 		}
@@ -231,6 +237,9 @@ func (x *execution) advance(ctx context.Context) error {
 	if t := x.doc.Settings.Timeout; t > 0 && x.run.StartedAt != nil && now.Sub(*x.run.StartedAt) > t && x.run.Error == "" {
 		return x.fail(ctx, &RunError{Code: "run_timeout", Message: fmt.Sprintf("the run exceeded its timeout of %s", t), Hint: "raise settings.timeout, or find the slow step in the run's timeline"})
 	}
+	if rerr := x.overDuration(now); rerr != nil {
+		return x.fail(ctx, rerr)
+	}
 	sc := &scope{steps: x.results(), vars: map[string]any{}}
 	if x.run.Error != "" {
 		// The run failed earlier: finish its on_error steps.
@@ -250,6 +259,9 @@ func (x *execution) advance(ctx context.Context) error {
 			return x.fail(ctx, exprFailure("output", err))
 		}
 		output = ev.Masked
+	}
+	if rerr := x.outputLimit(output); rerr != nil {
+		return x.fail(ctx, rerr)
 	}
 	return x.finish(ctx, StatusSucceeded, output, nil)
 }
@@ -284,6 +296,12 @@ func (x *execution) result(cp store.Step) any {
 	if err != nil || v == nil {
 		return map[string]any{}
 	}
+	if m, ok := v.(map[string]any); ok && cp.Kind == flow.KindForeach && m["truncated"] == true {
+		// Kept truncated: its iterations hold it whole.
+		if r, ok := x.foreachResult(cp); ok {
+			return r
+		}
+	}
 	return v
 }
 
@@ -308,8 +326,8 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 	}
 	cp.Error = x.red.json(cp.Error)
 	cp.Evidence = x.red.json(cp.Evidence)
-	if len(cp.Output) > maxStoredOutput {
-		cp.Output = encode(map[string]any{"truncated": true, "size": len(cp.Output), "preview": cp.Output[:64<<10]})
+	if lim := x.limits().StepOutputBytes; int64(len(cp.Output)) > lim {
+		cp.Output = encode(truncated(cp.Output, lim))
 	}
 	stored := cp
 	// A state read back sealed names its KEK; stored in clear, it names none.
@@ -327,6 +345,7 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 		return err
 	}
 	x.mu.Lock()
+	x.account(cp)
 	x.cps[cp.Path] = cp
 	x.mu.Unlock()
 	return nil
@@ -360,10 +379,12 @@ func encode(v any) string {
 }
 
 func exprFailure(where string, err error) *RunError {
-	return &RunError{Step: where, Code: "expression", Message: err.Error(), Hint: "check the expression against the run's data (`trustflow run show`)"}
+	return exprLimit(&RunError{Step: where, Code: "expression", Message: err.Error(), Hint: "check the expression against the run's data (`trustflow run show`)"}, err)
 }
 
-func (x *execution) overBudget() bool { return x.e.clock.Now().After(x.deadline) }
+func (x *execution) overBudget() bool {
+	return x.e.clock.Now().After(x.deadline) || x.crowded()
+}
 
 // steps runs a list of steps in order.
 func (x *execution) steps(ctx context.Context, list []*flow.Step, prefix string, sc *scope) outcome {
@@ -393,6 +414,13 @@ func (x *execution) step(ctx context.Context, s *flow.Step, path string, sc *sco
 	if !have {
 		now := x.e.clock.Now()
 		cp = store.Step{Path: path, StepID: s.ID, Kind: s.Kind, Status: StepRunning, StartedAt: &now, State: "{}"}
+	}
+	if leafStep(s.Kind) {
+		// What a step builds is bounded; how many build at once is too.
+		if !x.e.work.take(ctx) {
+			return pauseFor(0, false)
+		}
+		defer x.e.work.give()
 	}
 	if s.If != nil && s.Kind != flow.KindIf {
 		ok, err := x.cond(ctx, s.If, sc)
@@ -446,6 +474,12 @@ func (x *execution) step(ctx context.Context, s *flow.Step, path string, sc *sco
 
 // completeStep checkpoints a finished step and makes its result visible.
 func (x *execution) completeStep(ctx context.Context, s *flow.Step, cp store.Step, sc *scope) outcome {
+	if rerr := x.outputOver(s, cp); rerr != nil && cp.Status == StepSucceeded {
+		return x.stepFailed(ctx, s, cp, sc, rerr, truncated(cp.Output, x.limits().StepOutputBytes))
+	}
+	if rerr := x.stateOver(cp); rerr != nil {
+		return x.stepFailed(ctx, s, cp, sc, rerr, nil)
+	}
 	now := x.e.clock.Now()
 	cp.FinishedAt = &now
 	cp.NextAttemptAt = nil
@@ -477,6 +511,10 @@ func (x *execution) stepFailed(ctx context.Context, s *flow.Step, cp store.Step,
 	}
 	result["error"] = errMap
 	cp.Output = encode(result)
+	if lim := x.limits().StepOutputBytes; int64(len(cp.Output)) > lim {
+		// A partial result (a refused call's body) over the limit.
+		cp.Output = encode(map[string]any{"error": errMap, "truncated": true, "size": len(cp.Output)})
+	}
 	if s.ContinueOnError {
 		cp.State = `{"continued":true}`
 		return x.completeStep(ctx, s, cp, sc)
@@ -533,6 +571,9 @@ func (x *execution) sleep(ctx context.Context, s *flow.Step, cp store.Step, sc *
 			until = t
 		} else {
 			until = now.Add(s.SleepFor)
+		}
+		if rerr := x.sleepOver(cp.Path, until); rerr != nil {
+			return x.stepFailed(ctx, s, cp, sc, rerr, nil)
 		}
 		cp.State = encode(stepState{Until: until.UTC().Format(time.RFC3339Nano)})
 		if err := x.save(ctx, cp); err != nil {
@@ -616,6 +657,9 @@ func (x *execution) foreach(ctx context.Context, s *flow.Step, cp store.Step, sc
 		if !ok && ev.Value != nil {
 			return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "expression", Message: fmt.Sprintf("foreach needs a list, got %T", ev.Value), Hint: "make the expression return a list"}, nil)
 		}
+		if rerr := x.foreachOver(cp.Path, len(items)); rerr != nil {
+			return x.stepFailed(ctx, s, cp, sc, rerr, nil)
+		}
 		// The items are checkpointed so that a resumed run iterates the
 		// same list, whatever the expression would say now.
 		st = stepState{Items: items, Looped: true, Secret: ev.Secret}
@@ -696,6 +740,9 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 		}
 		var child store.Run
 		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+			if err := x.stillWanted(ctx, tx); err != nil {
+				return err
+			}
 			var err error
 			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path,
 				Redact: x.red.values(), SecretInputs: marked})
@@ -713,6 +760,9 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 			var ie *InputError
 			if errors.As(err, &ie) {
 				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "subflow_input", Message: ie.Error()}, nil)
+			}
+			if out, ok := x.startRefused(ctx, s, cp, sc, err); ok {
+				return out
 			}
 			return outcome{failure: &RunError{Step: cp.Path, Code: "subflow_start", Message: err.Error()}}
 		}
@@ -756,7 +806,7 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 	if err != nil {
 		return x.stepFailed(ctx, s, cp, sc, exprFailure(cp.Path+".call.path", err), nil)
 	}
-	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv.Value), Header: http.Header{}, MaxResponseBytes: c.MaxResponseBytes,
+	req := connector.Request{Method: c.Method, Path: fmt.Sprint(pv.Value), Header: http.Header{}, MaxResponseBytes: min(c.MaxResponseBytes, x.limits().StepOutputBytes),
 		IdempotencyKey: x.run.ID + "/" + cp.Path, Actor: x.actor, AuditTarget: "run/" + x.run.ID + "/" + cp.Path, Redact: x.redact}
 	if len(c.Query) > 0 {
 		req.Query = url.Values{}
@@ -793,9 +843,17 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 			}
 		}
 	}
+	x.e.work.give() // not while it waits for the server
+	held, ok := x.e.answers.take(ctx, int64(len(req.Body))+req.MaxResponseBytes)
+	if !ok {
+		x.e.work.takeAlways()
+		return pauseFor(0, false)
+	}
+	defer x.e.answers.give(held)
 	actx, cancel := context.WithTimeout(ctx, s.AttemptTimeout())
 	start := x.e.clock.Now()
 	resp, err := x.e.conns.Do(actx, c.Connector, req)
+	x.e.work.takeAlways()
 	cancel()
 	cp.Attempts++
 	var rerr *RunError
@@ -808,7 +866,7 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 		return pauseFor(0, false)
 	case err != nil:
 		var ce *connector.CallError
-		var ie *connector.InputError
+		ie, isErr := errs.As(err)
 		switch {
 		case errors.As(err, &ce):
 			rerr = &RunError{Code: ce.Code, Message: ce.Message, Hint: ce.Hint}
@@ -816,8 +874,8 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 			if ce.Evidence != nil {
 				cp.Evidence = encode(ce.Evidence)
 			}
-		case errors.As(err, &ie):
-			rerr = &RunError{Code: ie.Code, Message: ie.Field + ": " + ie.Message, Hint: ie.Hint}
+		case isErr && ie.Kind == errs.Invalid:
+			rerr = &RunError{Code: ie.Code, Message: ie.Public(), Hint: ie.Hint}
 		default:
 			rerr = &RunError{Code: "call_failed", Message: err.Error()}
 			retryable = true
@@ -1046,6 +1104,11 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 		if r.StartedAt == nil {
 			r.StartedAt = &now
 		}
+		if status == StatusCancelled {
+			if err := x.endCancelled(ctx, tx, now); err != nil {
+				return err
+			}
+		}
 		if output != nil {
 			r.Output = x.red.json(encode(output))
 		}
@@ -1096,6 +1159,12 @@ func (e *Engine) emitTx(ctx context.Context, tx *store.Tx, event string, payload
 			var ie *InputError
 			if errors.As(err, &ie) {
 				e.log.Warn("event flow refused the event's input", "flow", n, "event", event, "err", err)
+				continue
+			}
+			if errs.KindOf(err) == errs.Limit {
+				// A listener at its limit must not undo the change that
+				// emitted the event.
+				e.log.Warn("event flow is at a limit; the event starts no run of it", "flow", n, "event", event, "err", err)
 				continue
 			}
 			return err

@@ -80,7 +80,17 @@ func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source)
 			continue
 		}
 		problems = append(problems, e.checkRefs(ctx, sources[i].Filename, d, byName)...)
+		problems = append(problems, e.checkLimits(sources[i].Filename, d)...)
 	}
+	files := make([]string, len(sources))
+	for i, src := range sources {
+		files[i] = src.Filename
+	}
+	cycles, cerr := e.checkCycles(ctx, files, docs)
+	if cerr != nil {
+		return nil, cerr
+	}
+	problems = append(problems, cycles...)
 	if len(problems) > 0 {
 		return nil, &ApplyError{Problems: problems}
 	}

@@ -89,6 +89,9 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 		}
 		return store.Run{}, err
 	}
+	if err := e.checkStart(ctx, tx, head.Name, d, req.ParentRun); err != nil {
+		return store.Run{}, err
+	}
 	id, err := newID("run_")
 	if err != nil {
 		return store.Run{}, err
@@ -294,6 +297,10 @@ func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunV
 			return err
 		}
 		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "status": r.Status}}); err != nil {
+			return err
+		}
+		// Its sub-runs, and theirs, stop with it.
+		if err := e.cancelTree(ctx, tx, actor, id); err != nil {
 			return err
 		}
 		// Wake the run so that a sleeping one is cancelled now.

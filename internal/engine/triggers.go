@@ -10,6 +10,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/queue"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -96,6 +97,10 @@ func (e *Engine) onSchedule(ctx context.Context, flow string) error {
 	var ie *InputError
 	if errors.As(err, &ie) {
 		e.log.Warn("scheduled run refused its (empty) input", "flow", flow, "err", err)
+		return nil
+	}
+	if errs.KindOf(err) == errs.Limit {
+		e.log.Warn("scheduled run not started: the flow is at a limit", "flow", flow, "err", err)
 		return nil
 	}
 	return err

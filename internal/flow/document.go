@@ -137,8 +137,8 @@ type Limits struct {
 	ForeachItems int64
 	// StepOutputBytes bounds one step's stored result, JSON-encoded.
 	StepOutputBytes int64
-	// RunStateBytes bounds everything a run stores: its step results,
-	// states, evidence and errors.
+	// RunStateBytes bounds what a run's checkpoints hold: its step
+	// results, states and errors.
 	RunStateBytes int64
 	// RunsInFlight is the most runs of this flow queued, running or
 	// sleeping at once; a start over it is refused.
