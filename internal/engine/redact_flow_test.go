@@ -409,3 +409,75 @@ func TestShortSecretIsRedactedByField(t *testing.T) {
 		require.NotContains(t, e.log.String(), pin)
 	})
 }
+
+const legacyParentFlow = `apiVersion: trustflow/v1
+kind: Flow
+name: legacy-parent
+trigger: {manual: {}}
+input:
+  token: {type: string, secret: true, required: true}
+steps:
+  - id: send
+    call: {connector: echo, method: POST, path: /echo/all, headers: {X-Token: "${input.token}"}}
+  - id: down
+    flow: {name: legacy-child, input: {echoed: "${steps.send.body.upper}"}}
+output: ${steps.down}
+`
+
+const legacyChildFlow = `apiVersion: trustflow/v1
+kind: Flow
+name: legacy-child
+trigger: {manual: {}}
+input:
+  echoed: {type: string}
+steps:
+  - id: wait
+    sleep: 1s
+  - id: echo
+    call: {connector: echo, method: POST, path: /echo/all, headers: {X-Token: plain}, body: {echoed: "${input.echoed}"}}
+output: ${steps.echo.body.body}
+`
+
+// TestSubflowRunStartedBeforeCarryingSecrets: a sub-flow's run whose sealed
+// input carries nothing (sealed before runs carried their callers'
+// secrets) finds them through its parent chain.
+func TestSubflowRunStartedBeforeCarryingSecrets(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		newEchoServer(t, e)
+		const secret = "legacy-7f3a9c2e"
+		e.apply(t, legacyChildFlow, legacyParentFlow)
+		parent := e.start(t, "legacy-parent", map[string]any{"token": secret})
+		var child engine.RunView
+		e.until(t, parent.ID, "its sub-flow's run sleeps", func(engine.RunView) bool {
+			rs, err := e.eng.ListRuns(ctx, engine.RunFilter{Flow: "legacy-child"})
+			require.NoError(t, err)
+			if len(rs) == 1 && rs[0].Status == engine.StatusSleeping {
+				child = rs[0]
+				return true
+			}
+			return false
+		})
+		// Seal the child's input again as runs did before: the input alone.
+		var blob []byte
+		require.NoError(t, st.DB().QueryRowContext(ctx, "SELECT input_sealed FROM runs WHERE id = $1", child.ID).Scan(&blob))
+		raw, err := e.trust.OpenSecret(blob, store.RunInputAAD(child.ID))
+		require.NoError(t, err)
+		var parts []json.RawMessage
+		require.NoError(t, json.Unmarshal(raw, &parts), "a sub-flow's run carries its callers' secrets: %s", raw)
+		require.Len(t, parts, 2)
+		legacy, _, err := e.trust.SealSecret(parts[0], store.RunInputAAD(child.ID))
+		require.NoError(t, err)
+		_, err = st.DB().ExecContext(ctx, "UPDATE runs SET input_sealed = $1 WHERE id = $2", legacy, child.ID)
+		require.NoError(t, err)
+
+		done := e.wait(t, parent.ID)
+		require.Equal(t, engine.StatusSucceeded, done.Status, "%+v", done.Error)
+		require.Equal(t, `{"echoed":"[redacted]"}`, done.Output, "the echo of the upper-cased secret, found through the parent")
+		for name, text := range storedTexts(t, st) {
+			requireNoSecret(t, secret, name, text)
+		}
+	})
+}
