@@ -64,15 +64,15 @@ const (
 //     redacted whole.
 //
 // A secret shorter than minSubstringSecret characters is redacted only
-// where it is the whole text (trimmed), as is or in one of those
-// encodings. It is safe for concurrent use.
+// where it is the whole text (trimmed): as is, JSON-escaped,
+// percent-encoded or in base64. A value of white space only is no secret
+// to look for. It is safe for concurrent use.
 type redactor struct {
 	mu      sync.Mutex
 	secrets []secret
 	known   map[string]bool
-	derived int
-	bytes   int
-	full    bool
+	// derived and bytes count the values derive added.
+	derived, bytes int
 }
 
 // secret is one value to redact, with its forms to look for.
@@ -97,7 +97,7 @@ func (r *redactor) add(values ...string) {
 }
 
 func (r *redactor) addLocked(v string) {
-	if v == "" || r.known[v] {
+	if strings.TrimSpace(v) == "" || r.known[v] {
 		return
 	}
 	r.known[v] = true
@@ -122,7 +122,7 @@ func (r *redactor) derive(values ...string) bool {
 		}
 		r.mu.Lock()
 		if r.derived >= maxDerivedSecrets || r.bytes+len(v) > maxDerivedBytes {
-			ok, r.full = false, true
+			ok = false
 		} else if !r.known[v] {
 			r.derived++
 			r.bytes += len(v)

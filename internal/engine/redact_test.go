@@ -223,9 +223,9 @@ func TestRedactorFindsEveryEncoding(t *testing.T) {
 func TestRedactorLeavesOtherTextAlone(t *testing.T) {
 	t.Parallel()
 	r := newRedactor()
-	r.add("sk-live-7f3a9c2e", "ab")
+	r.add("sk-live-7f3a9c2e", "ab", "    ", "\t\n")
 	for _, text := range []string{
-		"", "sk-live", "7f3a9c2", `{"status":200,"body":"ok"}`, "abc", "a b", "about", "tab", "%61%62%63",
+		"", "sk-live", "7f3a9c2", "a    b", "    ", "\t\n", `{"status":200,"body":"ok"}`, "abc", "a b", "about", "tab", "%61%62%63",
 		"c2stbGl2ZS03ZjNhOWMy", // base64 of a prefix of the secret
 		"Basic dXNlcjpwYXNz",
 	} {
