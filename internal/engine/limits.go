@@ -259,7 +259,7 @@ func (e *Engine) checkStart(ctx context.Context, tx *store.Tx, name string, d *f
 		return err
 	}
 	if n >= lim.RunsInFlight {
-		le := errs.LimitReached("runs_in_flight", int64(lim.RunsInFlight), fmt.Sprintf("flow %s already has %d runs queued, running or sleeping", name, n),
+		le := errs.LimitReached("runs_in_flight", int64(lim.RunsInFlight), fmt.Sprintf("flow %s already has %d %s queued, running or sleeping", name, n, plural(n, "run", "runs")),
 			"wait for some to end, or cancel them (`trustflow run list --flow "+name+"`); a flow's limits.runs_in_flight may lower the limit, the server's --max-runs-in-flight raise it")
 		le.Op = "engine: start run"
 		return le
@@ -572,4 +572,12 @@ func (x *execution) leave() {
 	n := x.stateBytes
 	x.mu.Unlock()
 	x.e.held.leave(n)
+}
+
+// plural picks the word for n.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
