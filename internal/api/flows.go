@@ -2,15 +2,11 @@ package api
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
-	"github.com/trustflow/trustflow/internal/errs"
-	"github.com/trustflow/trustflow/internal/flow"
 )
 
 // ApplyRequest is the body of POST /api/v1/flows: one or more documents,
@@ -58,47 +54,9 @@ func (s *Server) flowRoutes() []Route {
 	}, s.hookRoutes()...)
 }
 
-func problemsError(ps []flow.Problem, code, msg string) *errs.Error {
-	hint := ""
-	if len(ps) > 0 {
-		hint = ps[0].Hint
-	}
-	return &errs.Error{Kind: errs.Invalid, Code: code, Message: msg, Hint: hint, Problems: toProblems(ps)}
-}
-
-// toProblems converts flow problems to the public form.
-func toProblems(ps []flow.Problem) []errs.Problem {
-	out := make([]errs.Problem, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, errs.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
-	}
-	return out
-}
-
-func engineError(err error) error {
-	var ae *engine.ApplyError
-	var ie *engine.InputError
-	var nf *engine.NotFoundError
-	var ce *engine.ConflictError
-	switch {
-	case errors.As(err, &ae):
-		msg := fmt.Sprintf("%d problem(s) in the flow documents; nothing was stored", len(ae.Problems))
-		if len(ae.Problems) > 0 {
-			msg = ae.Problems[0].String()
-			if len(ae.Problems) > 1 {
-				msg += fmt.Sprintf(" (and %d more; nothing was stored)", len(ae.Problems)-1)
-			}
-		}
-		return problemsError(ae.Problems, "invalid_flow", msg)
-	case errors.As(err, &ie):
-		return problemsError(ie.Problems, "invalid_input", ie.Error())
-	case errors.As(err, &nf):
-		return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", nf.Kind, nf.Name), Hint: "see `trustflow " + nf.Kind + " list`", Err: err}
-	case errors.As(err, &ce):
-		return &errs.Error{Kind: errs.Conflict, Code: ce.Code, Message: ce.Message, Hint: ce.Hint, Err: err}
-	}
-	return err
-}
+// engineError returns the engine's error: every one the caller can act on
+// is already an *errs.Error.
+func engineError(err error) error { return err }
 
 func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
 	var req ApplyRequest

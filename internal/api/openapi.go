@@ -166,8 +166,14 @@ func componentSchemas() map[string]any {
 			"total": integer, "verified": integer, "columns": map[string]any{"type": "object", "additionalProperties": integer}}),
 	}
 	for k, v := range map[string]any{
+		// The one public error (package errs): code, message and hint; the
+		// field at fault; each problem of a document or input; what still
+		// uses a resource a removal was refused for.
 		"Error": obj([]string{"error"}, map[string]any{"error": obj([]string{"code", "message"}, map[string]any{
 			"code": str, "message": str, "hint": str, "request_id": str,
+			"field":    map[string]any{"type": "string", "description": "the request field at fault; the message starts with it"},
+			"problems": arrayOf(obj([]string{"message"}, map[string]any{"file": str, "line": integer, "column": integer, "path": str, "message": str, "hint": str})),
+			"used_by":  arrayOf(str),
 		})}),
 		"Health":             obj([]string{"status"}, map[string]any{"status": str}),
 		"Principal":          obj([]string{"token_id", "name", "role"}, map[string]any{"token_id": str, "name": str, "role": str}),

@@ -40,12 +40,18 @@ func (e *CallError) Error() string { return "connector: " + e.Message }
 // Unwrap returns the cause.
 func (e *CallError) Unwrap() error { return e.Err }
 
-// policyError is a refusal by trustflow's own checks during the handshake.
+// policyError is a refusal by trustflow's own checks during the handshake;
+// Err is its cause, when it has one (an identity key that cannot be
+// opened).
 type policyError struct {
 	Diagnosis
+	Err error
 }
 
 func (e *policyError) Error() string { return e.Message }
+
+// Unwrap returns the cause.
+func (e *policyError) Unwrap() error { return e.Err }
 
 // alertNames maps the text Go gives each TLS alert (crypto/tls alertText)
 // to its RFC 8446 name.

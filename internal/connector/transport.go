@@ -204,9 +204,9 @@ func (c *client) dialTLS(ctx context.Context, dial dialFunc, network, addr strin
 		ac, err := c.trust.Active(ctx, c.conn.Identity)
 		if err != nil {
 			ev.failed(err)
-			return nil, &policyError{Diagnosis{Code: "identity_unavailable",
+			return nil, &policyError{Diagnosis: Diagnosis{Code: "identity_unavailable",
 				Message: fmt.Sprintf("connector %s cannot present identity %s: %v", c.conn.Name, c.conn.Identity, err),
-				Hint:    "check the identity with `trustflow identity show " + c.conn.Identity + "`"}}
+				Hint:    "check the identity with `trustflow identity show " + c.conn.Identity + "`"}, Err: err}
 		}
 		ev.presented(ac.Info)
 		return ac.Certificate, nil
@@ -260,17 +260,17 @@ func (c *client) dialTLS(ctx context.Context, dial dialFunc, network, addr strin
 // as `ca verify`), then the SPKI pins.
 func (c *client) verifyConnection(ctx context.Context, cs tls.ConnectionState, serverName string) error {
 	if len(cs.PeerCertificates) == 0 {
-		return &policyError{Diagnosis{Code: "no_server_certificate", Message: fmt.Sprintf("connector %s: the server sent no certificate", c.conn.Name)}}
+		return &policyError{Diagnosis: Diagnosis{Code: "no_server_certificate", Message: fmt.Sprintf("connector %s: the server sent no certificate", c.conn.Name)}}
 	}
 	roots, err := c.roots(ctx)
 	if err != nil {
-		return &policyError{Diagnosis{Code: "trust_store", Message: fmt.Sprintf("connector %s: cannot load its CAs: %v", c.conn.Name, err),
+		return &policyError{Diagnosis: Diagnosis{Code: "trust_store", Message: fmt.Sprintf("connector %s: cannot load its CAs: %v", c.conn.Name, err),
 			Hint: "a CA the connector trusts was removed: add it back, or update the connector's --ca"}}
 	}
 	leaf := cs.PeerCertificates[0]
 	res, err := pki.Verify(leaf, pki.VerifyOptions{Roots: roots, Intermediates: cs.PeerCertificates[1:], DNSName: serverName, Time: c.clock.Now(), Purpose: pki.PurposeServer})
 	if err != nil {
-		return &policyError{c.certDiagnosis(err, leaf, err)}
+		return &policyError{Diagnosis: c.certDiagnosis(err, leaf, err)}
 	}
 	if len(c.pins) > 0 {
 		for _, cert := range res.Chain {
@@ -279,7 +279,7 @@ func (c *client) verifyConnection(ctx context.Context, cs tls.ConnectionState, s
 				return nil
 			}
 		}
-		return &policyError{Diagnosis{Code: "pin_mismatch",
+		return &policyError{Diagnosis: Diagnosis{Code: "pin_mismatch",
 			Message: fmt.Sprintf("connector %s: no certificate in the server's chain matches its pins (leaf pin is %s)", c.conn.Name, pki.SPKIPinSHA256(leaf)),
 			Hint:    "the server's key changed, or this is not the expected server; if the change is legitimate, update the connector's --pin"}}
 	}

@@ -176,6 +176,10 @@ func setupRemote(t *testing.T, c *apiclient.Client, ca *truststoretest.CA, dir *
 	require.NoError(t, err)
 	_, err = c.AllowEgress(ctx, policy.Rule{Host: u.Hostname(), Ports: u.Port()})
 	require.NoError(t, err)
+	// Every other node applies a policy change within a second (its
+	// revalidation interval): wait that out, so no node calls with the old
+	// policy.
+	time.Sleep(1200 * time.Millisecond)
 	_, err = c.AddCA(ctx, apiclient.CARequest{Name: "remote-ca", Data: ca.CertPEM()})
 	require.NoError(t, err)
 	leaf := ca.IssueClient(t, "trustflow")

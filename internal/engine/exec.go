@@ -757,9 +757,8 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 			return tx.PutStep(ctx, cp)
 		})
 		if err != nil {
-			var ie *InputError
-			if errors.As(err, &ie) {
-				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "subflow_input", Message: ie.Error()}, nil)
+			if ie, ok := errs.As(err); ok && ie.Code == flow.CodeInvalidInput {
+				return x.stepFailed(ctx, s, cp, sc, &RunError{Code: "subflow_input", Message: "engine: " + ie.Message}, nil)
 			}
 			if out, ok := x.startRefused(ctx, s, cp, sc, err); ok {
 				return out
@@ -864,6 +863,13 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 	case err != nil && ctx.Err() != nil:
 		// The worker is stopping mid-call: the step runs again later.
 		return pauseFor(0, false)
+	case err != nil && errors.Is(err, seal.ErrUnknownKEK):
+		// The connector's secret or identity key was re-wrapped by a
+		// rotation on another node, and this node does not hold the new
+		// KEK yet: a rotation must never fail a run, so try again soon.
+		x.e.log.Warn("call needs a key-encryption key this node does not hold yet; retrying", "run", x.run.ID, "step", cp.Path, "err", err)
+		cp.Attempts--
+		return pauseFor(keysRetry, false)
 	case err != nil:
 		var ce *connector.CallError
 		ie, isErr := errs.As(err)
@@ -1156,8 +1162,7 @@ func (e *Engine) emitTx(ctx context.Context, tx *store.Tx, event string, payload
 	}
 	for _, n := range names {
 		if _, err := e.startRunTx(ctx, tx, StartRequest{Flow: n, Input: map[string]any{"event": event, "data": payload}, Trigger: "event:" + event, Actor: audit.System}); err != nil {
-			var ie *InputError
-			if errors.As(err, &ie) {
+			if errs.CodeOf(err) == flow.CodeInvalidInput {
 				e.log.Warn("event flow refused the event's input", "flow", n, "event", event, "err", err)
 				continue
 			}

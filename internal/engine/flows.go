@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/store"
 )
@@ -29,21 +29,16 @@ type Applied struct {
 	Filename string `json:"filename"`
 }
 
-// ApplyError lists every problem found in the documents of an apply; none
-// of them was stored.
-type ApplyError struct {
-	Problems []flow.Problem
-}
-
-func (e *ApplyError) Error() string {
-	var b strings.Builder
-	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteString("\n")
-		}
-		b.WriteString(p.String())
+// applyError lists every problem found in the documents of an apply (an
+// errs.Invalid error with code invalid_flow); none of them was stored.
+func applyError(problems []flow.Problem) *errs.Error {
+	first := problems[0]
+	first.Hint = ""
+	msg := first.String() + " (nothing was stored)"
+	if len(problems) > 1 {
+		msg = first.String() + fmt.Sprintf(" (and %d more; nothing was stored)", len(problems)-1)
 	}
-	return b.String()
+	return &errs.Error{Kind: errs.Invalid, Code: flow.CodeInvalidFlow, Message: msg, Hint: problems[0].Hint, Problems: problems, Op: "engine: apply"}
 }
 
 // Apply validates every document (syntax, kinds, ids, expressions, and
@@ -52,7 +47,7 @@ func (e *ApplyError) Error() string {
 // in one transaction.
 func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source) ([]Applied, error) {
 	if len(sources) == 0 {
-		return nil, &ApplyError{Problems: []flow.Problem{{Message: "no flow documents were given", Hint: "pass -f FILE or -f DIR"}}}
+		return nil, applyError([]flow.Problem{{Message: "no flow documents were given", Hint: "pass -f FILE or -f DIR"}})
 	}
 	var problems []flow.Problem
 	docs := make([]*flow.Document, len(sources))
@@ -60,8 +55,7 @@ func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source)
 	for i, src := range sources {
 		d, err := flow.Parse(src.Filename, []byte(src.Source))
 		if err != nil {
-			var ve *flow.ValidationError
-			if errors.As(err, &ve) {
+			if ve, ok := errs.As(err); ok && ve.Code == flow.CodeInvalidFlow {
 				problems = append(problems, ve.Problems...)
 				continue
 			}
@@ -92,7 +86,7 @@ func (e *Engine) Apply(ctx context.Context, actor audit.Actor, sources []Source)
 	}
 	problems = append(problems, cycles...)
 	if len(problems) > 0 {
-		return nil, &ApplyError{Problems: problems}
+		return nil, applyError(problems)
 	}
 	var out []Applied
 	err := e.st.InTx(ctx, func(tx *store.Tx) error {
@@ -253,21 +247,19 @@ type VersionView struct {
 	CreatedBy string    `json:"created_by"`
 }
 
-// NotFoundError names something that does not exist.
-type NotFoundError struct{ Kind, Name string }
-
-func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("engine: %s %q does not exist", e.Kind, e.Name)
+// notFound says that the kind ("flow", "run") named name does not exist;
+// it matches store.ErrNotFound.
+func notFound(kind, name string) *errs.Error {
+	e := errs.NotFoundNamed(kind, name, "see `trustflow "+kind+" list`")
+	e.Op = "engine"
+	return e
 }
-
-// Unwrap makes errors.Is(err, store.ErrNotFound) hold.
-func (e *NotFoundError) Unwrap() error { return store.ErrNotFound }
 
 // GetFlow returns a flow's current version with its source and history.
 func (e *Engine) GetFlow(ctx context.Context, name string) (FlowView, error) {
 	head, err := e.st.FlowByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return FlowView{}, &NotFoundError{Kind: "flow", Name: name}
+		return FlowView{}, notFound("flow", name)
 	} else if err != nil {
 		return FlowView{}, err
 	}
@@ -334,7 +326,7 @@ func (e *Engine) RemoveFlow(ctx context.Context, actor audit.Actor, name string)
 	return e.st.InTx(ctx, func(tx *store.Tx) error {
 		head, err := tx.FlowByName(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Kind: "flow", Name: name}
+			return notFound("flow", name)
 		} else if err != nil {
 			return err
 		}

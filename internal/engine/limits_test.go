@@ -34,7 +34,7 @@ func (e *env) applyProblems(t *testing.T, docs ...string) []string {
 		srcs = append(srcs, engine.Source{Filename: fmt.Sprintf("flow-%d.yaml", i), Source: d})
 	}
 	_, err = e.eng.Apply(context.Background(), admin, srcs)
-	var ae *engine.ApplyError
+	var ae *errs.Error
 	require.ErrorAs(t, err, &ae)
 	var out []string
 	for _, p := range ae.Problems {

@@ -11,25 +11,31 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/audit"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/store"
 )
 
-// InputError is a run input that does not match the flow's input schema.
-type InputError struct{ Problems []flow.Problem }
-
-func (e *InputError) Error() string {
-	var parts []string
-	for _, p := range e.Problems {
+// inputError is a run input that does not match the flow's input schema: an
+// errs.Invalid error with code invalid_input naming each problem.
+func inputError(problems []flow.Problem) *errs.Error {
+	parts := make([]string, 0, len(problems))
+	for _, p := range problems {
 		parts = append(parts, p.Path+": "+p.Message)
 	}
-	return "engine: " + strings.Join(parts, "; ")
+	hint := ""
+	if len(problems) > 0 {
+		hint = problems[0].Hint
+	}
+	return &errs.Error{Kind: errs.Invalid, Code: flow.CodeInvalidInput, Message: strings.Join(parts, "; "), Hint: hint, Problems: problems, Op: "engine"}
 }
 
-// ConflictError is a run change refused because of the run's state.
-type ConflictError struct{ Code, Message, Hint string }
-
-func (e *ConflictError) Error() string { return "engine: " + e.Message }
+// conflict is a run change refused because of the run's state.
+func conflict(code, msg, hint string) *errs.Error {
+	e := errs.ConflictWith(code, msg, hint)
+	e.Op = "engine"
+	return e
+}
 
 // StartRequest starts a run.
 type StartRequest struct {
@@ -68,7 +74,7 @@ func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error
 func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest) (store.Run, error) {
 	head, err := tx.FlowByName(ctx, req.Flow)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Run{}, &NotFoundError{Kind: "flow", Name: req.Flow}
+		return store.Run{}, notFound("flow", req.Flow)
 	} else if err != nil {
 		return store.Run{}, err
 	}
@@ -83,9 +89,9 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	sec := d.Secrets(req.SecretInputs)
 	checked, err := sec.CheckInput(in)
 	if err != nil {
-		var ve *flow.ValidationError
-		if errors.As(err, &ve) {
-			return store.Run{}, &InputError{Problems: ve.Problems}
+		if ve, ok := errs.As(err); ok && ve.Code == flow.CodeInvalidInput {
+			// The input does not match the flow's inputs: name each problem.
+			return store.Run{}, inputError(ve.Problems)
 		}
 		return store.Run{}, err
 	}
@@ -228,7 +234,7 @@ func runView(r store.Run, steps []store.Step) RunView {
 func (e *Engine) GetRun(ctx context.Context, id string) (RunView, error) {
 	r, err := e.st.Run(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return RunView{}, &NotFoundError{Kind: "run", Name: id}
+		return RunView{}, notFound("run", id)
 	} else if err != nil {
 		return RunView{}, err
 	}
@@ -284,12 +290,12 @@ func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunV
 	err := e.st.InTx(ctx, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Kind: "run", Name: id}
+			return notFound("run", id)
 		} else if err != nil {
 			return err
 		}
 		if terminal(r.Status) {
-			return &ConflictError{Code: "run_finished", Message: fmt.Sprintf("run %s already %s", id, r.Status), Hint: "nothing to cancel"}
+			return conflict("run_finished", fmt.Sprintf("run %s already %s", id, r.Status), "nothing to cancel")
 		}
 		r.CancelRequested = true
 		r.UpdatedAt = e.clock.Now()
@@ -318,12 +324,12 @@ func (e *Engine) Retry(ctx context.Context, actor audit.Actor, id string) (RunVi
 	err := e.st.InTx(ctx, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
-			return &NotFoundError{Kind: "run", Name: id}
+			return notFound("run", id)
 		} else if err != nil {
 			return err
 		}
 		if r.Status != StatusFailed && r.Status != StatusCancelled {
-			return &ConflictError{Code: "run_not_failed", Message: fmt.Sprintf("run %s is %s: only failed or cancelled runs can be retried", id, r.Status), Hint: "wait for it to end, or cancel it first"}
+			return conflict("run_not_failed", fmt.Sprintf("run %s is %s: only failed or cancelled runs can be retried", id, r.Status), "wait for it to end, or cancel it first")
 		}
 		if err := tx.DeleteSteps(ctx, id, StepFailed, StepCancelled, StepRunning); err != nil {
 			return err
@@ -371,12 +377,12 @@ func webhookAAD(flow string) []byte { return store.WebhookSecretAAD(flow) }
 func (e *Engine) WebhookSecret(ctx context.Context, actor audit.Actor, name string) (string, error) {
 	head, err := e.st.FlowByName(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", &NotFoundError{Kind: "flow", Name: name}
+		return "", notFound("flow", name)
 	} else if err != nil {
 		return "", err
 	}
 	if len(head.WebhookSecret) == 0 {
-		return "", &ConflictError{Code: "no_webhook_secret", Message: fmt.Sprintf("flow %q has no HMAC webhook trigger", name), Hint: "set trigger: {webhook: {auth: hmac}}"}
+		return "", conflict("no_webhook_secret", fmt.Sprintf("flow %q has no HMAC webhook trigger", name), "set trigger: {webhook: {auth: hmac}}")
 	}
 	raw, err := e.trust.OpenSecret(head.WebhookSecret, webhookAAD(name))
 	if err != nil {

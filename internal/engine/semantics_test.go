@@ -19,6 +19,7 @@ import (
 	"github.com/trustflow/trustflow/internal/api"
 	"github.com/trustflow/trustflow/internal/auth"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
@@ -339,7 +340,7 @@ func TestDurableSleepAndCancel(t *testing.T) {
 		require.Zero(t, e.dir.count(run.ID+"/after"))
 
 		_, err = e.eng.Cancel(ctx, admin, run.ID)
-		var ce *engine.ConflictError
+		var ce *errs.Error
 		require.ErrorAs(t, err, &ce)
 		require.Equal(t, "run_finished", ce.Code)
 	})
@@ -388,7 +389,7 @@ func TestRetryRestartsFromTheFailedStep(t *testing.T) {
 		require.Equal(t, 1, steps(done)["second"].Attempts, "the retried step starts its attempts afresh")
 
 		_, err = e.eng.Retry(ctx, admin, run.ID)
-		var ce *engine.ConflictError
+		var ce *errs.Error
 		require.ErrorAs(t, err, &ce)
 		require.Equal(t, "run_not_failed", ce.Code)
 	})
@@ -472,7 +473,7 @@ func TestStartRunValidatesInput(t *testing.T) {
 		e := newEnv(t, st)
 		e.apply(t, inputFlow)
 		_, err := e.eng.StartRun(ctx, engine.StartRequest{Flow: "typed", Input: map[string]any{"n": 1}, Actor: admin})
-		var ie *engine.InputError
+		var ie *errs.Error
 		require.ErrorAs(t, err, &ie)
 		require.Len(t, ie.Problems, 1)
 		require.Equal(t, "input.x", ie.Problems[0].Path)
@@ -672,7 +673,7 @@ steps:
 			{Filename: "unknown.yaml", Source: unknown},
 			{Filename: "syntax.yaml", Source: syntax},
 		})
-		var ae *engine.ApplyError
+		var ae *errs.Error
 		require.ErrorAs(t, err, &ae)
 		require.Len(t, ae.Problems, 2, "%v", ae)
 		got := map[string]flow.Problem{}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/errs"
+	flowpkg "github.com/trustflow/trustflow/internal/flow"
 	"github.com/trustflow/trustflow/internal/queue"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -94,8 +95,7 @@ func (e *Engine) onSchedule(ctx context.Context, flow string) error {
 		return err
 	}
 	_, err = e.StartRun(ctx, StartRequest{Flow: flow, Trigger: "schedule", Actor: audit.System})
-	var ie *InputError
-	if errors.As(err, &ie) {
+	if errs.CodeOf(err) == flowpkg.CodeInvalidInput {
 		e.log.Warn("scheduled run refused its (empty) input", "flow", flow, "err", err)
 		return nil
 	}

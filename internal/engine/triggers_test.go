@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/store/storetest"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -163,7 +164,7 @@ steps:
     timeout: 5m
 `
 	_, err := e.eng.Apply(context.Background(), admin, []engine.Source{{Filename: "slow.yaml", Source: doc}})
-	var ae *engine.ApplyError
+	var ae *errs.Error
 	require.ErrorAs(t, err, &ae)
 	require.Len(t, ae.Problems, 1)
 	require.Equal(t, "lookup.timeout", ae.Problems[0].Path)

@@ -8,7 +8,7 @@
 // reported together, each pointing at the offending key or value:
 //
 //	doc, err := flow.Parse("offboard.yaml", data)
-//	var verr *flow.ValidationError
+//	verr, _ := errs.As(err)
 //	if errors.As(err, &verr) {
 //		for _, p := range verr.Problems { ... } // offboard.yaml:12:5: steps[1].call.connector: ...
 //	}

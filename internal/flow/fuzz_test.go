@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // FuzzParse feeds Parse arbitrary documents: it must never panic, and
@@ -24,8 +26,8 @@ func FuzzParse(f *testing.F) {
 		d, err := Parse("fuzz.yaml", data)
 		if err != nil {
 			require.Nil(t, d)
-			var verr *ValidationError
-			require.True(t, errors.As(err, &verr), "error is a *ValidationError: %v", err)
+			var verr *errs.Error
+			require.True(t, errors.As(err, &verr), "error is a *errs.Error: %v", err)
 			require.NotEmpty(t, verr.Problems)
 			require.LessOrEqual(t, len(verr.Problems), maxProblems+1)
 			lines := len(newLocator(data).lines)

@@ -24,7 +24,7 @@ const Redacted = "[redacted]"
 // returns the input to run with: defaults filled in, numbers normalized
 // (integer inputs int64, number inputs float64). A null field counts as
 // absent. Problems (each named input.<name>) come back as a
-// *ValidationError: a required input missing, a value of the wrong type, an
+// *errs.Error (code invalid_input): a required input missing, a value of the wrong type, an
 // input the document does not declare, an input over 1 MiB. A document
 // without an input section accepts any input.
 func (d *Document) CheckInput(in map[string]any) (map[string]any, error) {
@@ -34,7 +34,7 @@ func (d *Document) CheckInput(in map[string]any) (map[string]any, error) {
 // checkInput is CheckInput; the inputs named in marked are treated as
 // secret (their values are never quoted) besides those declared so.
 func (d *Document) checkInput(in map[string]any, marked map[string]bool) (map[string]any, error) {
-	ps := problems{}
+	ps := problems{code: CodeInvalidInput}
 	out := make(map[string]any, len(d.Inputs))
 	if !d.InputDeclared {
 		for k, v := range in {
@@ -90,10 +90,10 @@ func (d *Document) checkInput(in map[string]any, marked map[string]bool) (map[st
 		return nil, err
 	}
 	if b, err := json.Marshal(out); err != nil {
-		return nil, &ValidationError{Problems: []Problem{{Path: "input", Message: "cannot be encoded as JSON", Hint: "give JSON data"}}}
+		return nil, validationError(CodeInvalidInput, []Problem{{Path: "input", Message: "cannot be encoded as JSON", Hint: "give JSON data"}})
 	} else if len(b) > MaxInputBytes {
-		return nil, &ValidationError{Problems: []Problem{{Path: "input", Message: fmt.Sprintf("is %d bytes; the limit is 1 MiB", len(b)),
-			Hint: "pass references (ids, names) rather than the data itself"}}}
+		return nil, validationError(CodeInvalidInput, []Problem{{Path: "input", Message: fmt.Sprintf("is %d bytes; the limit is 1 MiB", len(b)),
+			Hint: "pass references (ids, names) rather than the data itself"}})
 	}
 	return out, nil
 }

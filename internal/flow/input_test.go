@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // inputFlow declares inputs of every type.
@@ -29,7 +31,7 @@ steps: [{id: a, set: {}}]
 // inputProblems returns the problems of a rejected input as path: message.
 func inputProblems(t *testing.T, err error) []string {
 	t.Helper()
-	var verr *ValidationError
+	var verr *errs.Error
 	require.ErrorAs(t, err, &verr)
 	var out []string
 	for _, p := range verr.Problems {
@@ -92,7 +94,7 @@ func TestCheckInput(t *testing.T) {
 		"input.labels: must be an object, not an array",
 		"input.groups: must be an array, not an object",
 	}, inputProblems(t, err))
-	var verr *ValidationError
+	var verr *errs.Error
 	require.ErrorAs(t, err, &verr)
 	require.Equal(t, "did you mean `user_id`?", verr.Problems[0].Hint)
 	require.EqualError(t, err, strings.Join([]string{
@@ -125,7 +127,7 @@ func TestCheckInputWithoutSchema(t *testing.T) {
 	require.Empty(t, got)
 	_, err = d.CheckInput(map[string]any{"x": 1})
 	require.Equal(t, []string{"input.x: not an input of this flow"}, inputProblems(t, err))
-	var verr *ValidationError
+	var verr *errs.Error
 	require.ErrorAs(t, err, &verr)
 	require.Equal(t, "this flow takes no input", verr.Problems[0].Hint)
 }
@@ -155,7 +157,7 @@ steps:
 `))
 	require.NoError(t, err)
 	_, err = d.CheckInput(map[string]any{"pin": 1234.5})
-	var ve *ValidationError
+	var ve *errs.Error
 	require.ErrorAs(t, err, &ve)
 	require.Len(t, ve.Problems, 1)
 	require.Equal(t, "input.pin", ve.Problems[0].Path)

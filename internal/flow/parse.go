@@ -43,7 +43,7 @@ var (
 // Parse reads a flow document (YAML or JSON; JSON is YAML) and validates
 // it: structure, names, references, and every expression, compiled and
 // type-checked. filename is used in problems only. The error is a
-// *ValidationError listing every problem found, each with its line and
+// *errs.Error (code invalid_flow) listing every problem found, each with its line and
 // column.
 func Parse(filename string, data []byte) (*Document, error) {
 	p := &parser{ps: problems{file: filename}, src: data, bad: map[*yaml.Node]bool{}, ids: map[string]*stepInfo{}}

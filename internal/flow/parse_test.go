@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
 // readFixture returns a testdata file.
@@ -34,7 +36,7 @@ func problemsOf(t testing.TB, name string, data []byte) []Problem {
 	t.Helper()
 	d, err := Parse(name, data)
 	require.Nil(t, d)
-	var verr *ValidationError
+	var verr *errs.Error
 	require.ErrorAs(t, err, &verr)
 	require.NotEmpty(t, verr.Problems)
 	return verr.Problems

@@ -4,80 +4,42 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/trustflow/trustflow/internal/errs"
 )
 
-// maxProblems bounds the problems one ValidationError lists; the rest are
+// maxProblems bounds the problems one validation error lists; the rest are
 // counted in a final problem.
 const maxProblems = 100
 
-// Problem is one thing wrong with a flow document or a run's input.
-type Problem struct {
-	// File is the file name given to Parse; empty for run input.
-	File string
-	// Line and Column (1-based, columns counted in characters) point at the
-	// offending key or value; 0 when the problem has no position.
-	Line, Column int
-	// Path names the field, e.g. steps[1].call.method or input.user_id.
-	Path string
-	// Message says what is wrong. It is safe to show to the user.
-	Message string
-	// Hint says what to write instead. It is safe to show to the user.
-	Hint string
-}
+// Problem is one thing wrong with a flow document or a run's input: its
+// file, line and column, path, message and hint (see errs.Problem).
+type Problem = errs.Problem
 
-// String formats the problem as "file:line:col: path: message (hint)",
-// leaving out the parts that are empty.
-func (p Problem) String() string {
-	var b strings.Builder
-	if p.File != "" {
-		b.WriteString(p.File)
-		b.WriteString(":")
-	}
-	if p.Line > 0 {
-		b.WriteString(strconv.Itoa(p.Line))
-		b.WriteString(":")
-		if p.Column > 0 {
-			b.WriteString(strconv.Itoa(p.Column))
-			b.WriteString(":")
-		}
-	}
-	if b.Len() > 0 {
-		b.WriteString(" ")
-	}
-	if p.Path != "" {
-		b.WriteString(p.Path)
-		b.WriteString(": ")
-	}
-	b.WriteString(p.Message)
-	if p.Hint != "" {
-		b.WriteString(" (")
-		b.WriteString(p.Hint)
-		b.WriteString(")")
-	}
-	return b.String()
-}
+// Codes of the errors Parse and CheckInput return.
+const (
+	CodeInvalidFlow  = "invalid_flow"
+	CodeInvalidInput = "invalid_input"
+)
 
-// ValidationError lists every problem found in a flow document (from Parse)
-// or in a run's input (from CheckInput).
-type ValidationError struct {
-	Problems []Problem
-}
-
-// Error joins the problems, one per line.
-func (e *ValidationError) Error() string {
-	lines := make([]string, len(e.Problems))
-	for i, p := range e.Problems {
+// validationError is how Parse and CheckInput fail: an errs.Invalid error
+// listing every problem, whose message joins them one per line.
+func validationError(code string, list []Problem) *errs.Error {
+	lines := make([]string, len(list))
+	for i, p := range list {
 		lines[i] = p.String()
 	}
-	return strings.Join(lines, "\n")
+	return &errs.Error{Kind: errs.Invalid, Code: code, Message: strings.Join(lines, "\n"), Problems: list}
 }
 
 // problems collects Problems while a document is read.
 type problems struct {
 	file string
 	list []Problem
+	// code is the error's code: CodeInvalidFlow, or CodeInvalidInput for a
+	// run's input.
+	code string
 }
 
 // add records a problem at a position.
@@ -88,7 +50,7 @@ func (ps *problems) add(line, col int, path, hint, format string, args ...any) {
 	})
 }
 
-// err returns nil when nothing was recorded, else a *ValidationError with
+// err returns nil when nothing was recorded, else a validation error with
 // the problems in document order (problems without a position first),
 // duplicates removed, at most maxProblems of them.
 func (ps *problems) err() error {
@@ -108,5 +70,9 @@ func (ps *problems) err() error {
 			Hint:    "fix the problems above and try again",
 		})
 	}
-	return &ValidationError{Problems: list}
+	code := ps.code
+	if code == "" {
+		code = CodeInvalidFlow
+	}
+	return validationError(code, list)
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/trustflow/trustflow/internal/auth"
-	"github.com/trustflow/trustflow/internal/engine"
 	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
 )
@@ -224,50 +223,16 @@ func (c *Console) formError(r *http.Request, err error) *formError {
 	if errors.As(err, &tooBig) {
 		return &formError{Status: http.StatusRequestEntityTooLarge, Message: fmt.Sprintf("the form is larger than %d bytes", tooBig.Limit), Hint: "upload a smaller file"}
 	}
-	err = publicEngineError(err)
 	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || e.Code != "") {
 		status, ok := kindStatus[e.Kind]
 		if !ok {
 			c.log.Error("console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			status = http.StatusInternalServerError
 		}
-		fe := &formError{Status: status, Field: e.Field, Message: e.Public(), Hint: e.Hint}
-		for _, p := range e.Problems {
-			fe.Problems = append(fe.Problems, flow.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
-		}
-		return fe
+		return &formError{Status: status, Field: e.Field, Message: e.Public(), Hint: e.Hint, Problems: e.Problems}
 	}
 	c.log.Error("console request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	return &formError{Status: http.StatusInternalServerError, Message: "internal error", Hint: "the server log has the details"}
-}
-
-// publicEngineError gives the engine's errors their public form.
-func publicEngineError(err error) error {
-	var (
-		eApply *engine.ApplyError
-		eIn    *engine.InputError
-		eConf  *engine.ConflictError
-		eNF    *engine.NotFoundError
-	)
-	switch {
-	case errors.As(err, &eApply):
-		return &errs.Error{Kind: errs.Invalid, Code: "invalid_flow", Message: "the flow document has problems; nothing was stored", Problems: problemsOf(eApply.Problems), Err: err}
-	case errors.As(err, &eIn):
-		return &errs.Error{Kind: errs.Invalid, Code: "invalid_input", Message: "the run input does not match the flow's inputs", Problems: problemsOf(eIn.Problems), Err: err}
-	case errors.As(err, &eConf):
-		return &errs.Error{Kind: errs.Conflict, Code: eConf.Code, Message: eConf.Message, Hint: eConf.Hint, Err: err}
-	case errors.As(err, &eNF):
-		return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("%s %q does not exist", eNF.Kind, eNF.Name), Hint: "check the name or id", Err: err}
-	}
-	return err
-}
-
-func problemsOf(ps []flow.Problem) []errs.Problem {
-	out := make([]errs.Problem, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, errs.Problem{File: p.File, Line: p.Line, Column: p.Column, Path: p.Path, Message: p.Message, Hint: p.Hint})
-	}
-	return out
 }
 
 // seeOther redirects after a successful change, leaving msg for the next
