@@ -121,6 +121,11 @@ func (p *Policy) CheckDestination(host string, port int) error {
 	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		return p.CheckAddr(h, netip.MustParseAddr("127.0.0.1"), port)
 	}
+	if err := CheckHostName(h); err != nil {
+		// Decimal and hex IPv4 forms (2130706433, 0x7f000001) would reach
+		// an address no rule was written for, through a lenient resolver.
+		return p.deny(h, netip.Addr{}, port, err.Error(), "write the destination as a DNS name or a standard IP address")
+	}
 	if port < 1 || port > 65535 {
 		return p.deny(h, netip.Addr{}, port, fmt.Sprintf("port %d is not between 1 and 65535", port), "give the service's TCP port")
 	}

@@ -108,6 +108,8 @@ func TestCheckDestinationBeforeResolving(t *testing.T) {
 	requireDenied(t, def.CheckDestination("a.localhost", 443), "loopback")
 	requireDenied(t, def.CheckDestination("[::ffff:127.0.0.1]", 443), "loopback")
 	requireDenied(t, def.CheckDestination("hr.agency.example", 99999), "port 99999")
+	requireDenied(t, def.CheckDestination("0x7f000001", 443), "numeric address form")
+	requireDenied(t, def.CheckDestination("2130706433", 443), "numeric address form")
 	list := mustParse(t, "apiVersion: trustflow/v1\nkind: Policy\negress: {default: deny, allow: [{host: '*.agency.example', ports: '443'}]}\n")
 	require.NoError(t, list.CheckDestination("hr.agency.example", 443))
 	requireDenied(t, list.CheckDestination("example.org", 443), "no egress rule")
