@@ -408,3 +408,22 @@ func sourceKey(a netip.Addr) string {
 	}
 	return a.String()
 }
+
+// RefusalLimited reports whether r's source has used up its refusals, with
+// the 429 error (errs.RateLimited, RetryAfter set) when it has: for the
+// console, which shares this table, so that a flood of bad sign-ins is
+// bounded like a flood of bad API requests.
+func (s *Server) RefusalLimited(r *http.Request, route string) error {
+	return s.refusals.limited(sourceOf(r, s.cfg.Refusals.TrustedProxies), route)
+}
+
+// Refused records a request the console refused as the API records its own:
+// the first of a quiet source at once, the rest aggregated per interval.
+func (s *Server) Refused(r *http.Request, reason string, e audit.Entry) {
+	src := sourceOf(r, s.cfg.Refusals.TrustedProxies)
+	if e.Details == nil {
+		e.Details = map[string]any{}
+	}
+	e.Details["source"] = src
+	s.refusals.refuse(r.Context(), src, reason, e)
+}

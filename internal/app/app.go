@@ -213,7 +213,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		MaxWait:  cfg.MaxWait, WriteTimeout: cfg.WriteTimeout, MetricsAuth: cfg.MetricsAuth, Clock: opts.Clock,
 	})
 	a.Console, err = web.New(web.Config{Auth: a.Auth, Audit: a.Audit, Trust: a.Trust, Connectors: a.Connectors, Engine: a.Engine, Prober: prober,
-		API: a.API.Handler(), Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
+		API: a.API.Handler(), Refusals: a.API, Clock: opts.Clock, Logger: opts.Logger, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
 		st.Close()
 		return nil, err

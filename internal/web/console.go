@@ -26,6 +26,7 @@ import (
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/engine"
+	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/probe"
 	"github.com/trustflow/trustflow/internal/store"
 	"github.com/trustflow/trustflow/internal/truststore"
@@ -63,6 +64,9 @@ type Config struct {
 	Logger *slog.Logger
 	// SessionTTL is how long a sign-in lasts. Defaults to 8h.
 	SessionTTL time.Duration
+	// Refusals is the API's table of refused requests per source (the API
+	// server); nil records each refusal directly.
+	Refusals Refusals
 	// MaxBodyBytes bounds form bodies, uploads included. Defaults to 1 MiB.
 	MaxBodyBytes int64
 }
@@ -249,11 +253,45 @@ func (c *Console) guard(rt route) http.Handler {
 
 // deny records a refused console request, as the API does.
 func (c *Console) deny(r *http.Request, rq *request, rt route, reason string) {
-	err := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: rq.actor(), Action: "auth.denied", Target: rt.pattern,
+	c.refused(r, reason, audit.Entry{Actor: rq.actor(), Action: "auth.denied", Target: rt.pattern,
 		Outcome: audit.OutcomeDenied, Details: map[string]any{"reason": reason, "permission": string(rt.perm), "remote": r.RemoteAddr, "via": "console"}})
-	if err != nil {
+}
+
+// Refusals is the API server's per-source table of refused requests, which
+// the console shares: a source over its refusals is answered 429 before any
+// work, and refusals are recorded aggregated.
+type Refusals interface {
+	RefusalLimited(r *http.Request, route string) error
+	Refused(r *http.Request, reason string, e audit.Entry)
+}
+
+// refused records a refusal through the shared table, or directly without
+// one.
+func (c *Console) refused(r *http.Request, reason string, e audit.Entry) {
+	if c.cfg.Refusals != nil {
+		c.cfg.Refusals.Refused(r, reason, e)
+		return
+	}
+	if err := c.cfg.Audit.Record(r.Context(), e); err != nil {
 		c.log.Error("audit refused console request", "err", err)
 	}
+}
+
+// limited answers 429 when r's source is over its refusals.
+func (c *Console) limited(w http.ResponseWriter, r *http.Request, route string) bool {
+	if c.cfg.Refusals == nil {
+		return false
+	}
+	err := c.cfg.Refusals.RefusalLimited(r, route)
+	if err == nil {
+		return false
+	}
+	e, _ := errs.As(err)
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(int64((e.RetryAfter+time.Second-1)/time.Second)))
+	}
+	c.renderStatus(w, r, http.StatusTooManyRequests, "Too many refused requests", e.Public()+". "+e.Hint)
+	return true
 }
 
 // parseForm parses a urlencoded or multipart body.

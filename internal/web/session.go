@@ -263,14 +263,16 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		c.renderPage(w, r, nil, http.StatusForbidden, "error", "Refused", errorPage{Message: "The sign-in form's security token is missing or stale.", Hint: "Reload the sign-in page and try again."})
 		return
 	}
+	if c.limited(w, r, "console/signin") {
+		return
+	}
 	p, err := c.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(r.PostFormValue("token")))
 	if err != nil {
-		// A refused sign-in is recorded like a refused API request; the
-		// presented token never is.
-		if aerr := c.cfg.Audit.Record(r.Context(), audit.Entry{Actor: audit.Actor{ID: "anonymous", Name: "anonymous"}, Action: "auth.denied",
-			Target: "console/signin", Outcome: audit.OutcomeDenied, Details: map[string]any{"reason": "unauthenticated", "remote": r.RemoteAddr}}); aerr != nil {
-			c.log.Error("audit refused console sign-in", "err", aerr)
-		}
+		// A refused sign-in is recorded like a refused API request (and
+		// counts against the same per-source limit); the presented token
+		// never is.
+		c.refused(r, "unauthenticated", audit.Entry{Actor: audit.Actor{ID: "anonymous", Name: "anonymous"}, Action: "auth.denied",
+			Target: "console/signin", Outcome: audit.OutcomeDenied, Details: map[string]any{"reason": "unauthenticated", "cause": auth.DenyReason(err), "remote": r.RemoteAddr}})
 		c.showSignIn(w, r, http.StatusUnauthorized, "That token is not valid: it may be mistyped, revoked or expired.")
 		return
 	}
