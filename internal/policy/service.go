@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,8 +57,9 @@ type Service struct {
 	cfg   ServiceConfig
 	clock clock.Clock
 	cur   atomic.Pointer[cached]
-	// refreshing lets one caller at a time re-read the revision.
-	refreshing atomic.Bool
+	// refresh lets one caller at a time re-read the revision; the others
+	// wait for it rather than use a policy known to be stale.
+	refresh sync.Mutex
 }
 
 type cached struct {
@@ -115,13 +117,18 @@ func decode(b []byte) (*Policy, error) {
 
 // Current returns the policy in force. Every RevalidateAfter one caller
 // re-reads the stored revision (one indexed row) and reloads if another node
-// changed it; a failed read keeps the cached policy and is retried.
+// changed it, while callers that find the cache stale meanwhile wait for it;
+// a failed read keeps the cached policy and is retried by the next caller.
 func (s *Service) Current() *Policy {
 	c := s.cur.Load()
-	if s.clock.Now().Sub(c.checkedAt) < s.cfg.RevalidateAfter || !s.refreshing.CompareAndSwap(false, true) {
+	if s.clock.Now().Sub(c.checkedAt) < s.cfg.RevalidateAfter {
 		return c.p
 	}
-	defer s.refreshing.Store(false)
+	s.refresh.Lock()
+	defer s.refresh.Unlock()
+	if c = s.cur.Load(); s.clock.Now().Sub(c.checkedAt) < s.cfg.RevalidateAfter {
+		return c.p // refreshed while this caller waited
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	rev, err := s.cfg.Store.PolicyRevision(ctx)

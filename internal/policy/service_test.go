@@ -134,3 +134,34 @@ func TestConcurrentChangesNeverLoseOne(t *testing.T) {
 		require.Len(t, v.Document.Egress.Allow, n, "every rule added concurrently is kept")
 	})
 }
+
+// TestEveryCallerSeesTheReloadedPolicy: once another node's change is due,
+// no caller gets the stale policy while one of them re-reads it (callers
+// wait for the re-read rather than proceed under the old policy).
+func TestEveryCallerSeesTheReloadedPolicy(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		clk := clock.NewFake(time.Date(2026, 12, 4, 9, 0, 0, 0, time.UTC))
+		a, err := policy.NewService(ctx, policy.ServiceConfig{Store: st, Audit: audit.New(st, clk), Clock: clk})
+		require.NoError(t, err)
+		b, err := policy.NewService(ctx, policy.ServiceConfig{Store: st, Audit: audit.New(st, clk), Clock: clk})
+		require.NoError(t, err)
+		_, err = a.Allow(ctx, admin, policy.Rule{Host: "127.0.0.1", Ports: "8443"})
+		require.NoError(t, err)
+		clk.Advance(2 * time.Second)
+		const n = 64
+		start := make(chan struct{})
+		denied := make(chan error, n)
+		for range n {
+			go func() {
+				<-start
+				denied <- b.Current().CheckAddr("127.0.0.1", mustAddr("127.0.0.1"), 8443)
+			}()
+		}
+		close(start)
+		for range n {
+			require.NoError(t, <-denied, "a caller got the stale policy")
+		}
+	})
+}
