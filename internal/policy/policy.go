@@ -318,7 +318,8 @@ func parsePort(s string) (int, error) {
 
 // CheckHostName checks a DNS host name: labels of 1-63 letters, digits and
 // hyphens (not at either end), at most 253 characters, and a last label that
-// is not all digits or a 0x number, so that decimal and hex IPv4 forms
+// is not all digits or a 0x number (underscores, common in internal names,
+// are allowed), so that decimal and hex IPv4 forms
 // (2130706433, 0x7f000001) are never taken for names.
 func CheckHostName(name string) error {
 	name = strings.TrimSuffix(name, ".")
@@ -337,7 +338,7 @@ func CheckHostName(name string) error {
 			return fmt.Errorf("the label %q is %d characters; the limit is 63", l, len(l))
 		}
 		for i, c := range l {
-			ok := c == '-' && i > 0 && i < len(l)-1 || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' && i == 0
+			ok := c == '-' && i > 0 && i < len(l)-1 || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_'
 			if !ok {
 				return fmt.Errorf("the label %q holds %q, which a DNS name may not", l, c)
 			}

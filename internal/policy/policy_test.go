@@ -117,7 +117,7 @@ func TestCheckDestinationBeforeResolving(t *testing.T) {
 
 func TestHostNames(t *testing.T) {
 	t.Parallel()
-	for _, ok := range []string{"hr.agency.example", "a-b.c", "x", "_srv.example.org", "hr.agency.example."} {
+	for _, ok := range []string{"hr.agency.example", "a-b.c", "x", "_srv.example.org", "my_host.corp", "hr.agency.example."} {
 		require.NoError(t, policy.CheckHostName(ok), ok)
 	}
 	long := ""
