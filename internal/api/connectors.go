@@ -61,10 +61,6 @@ func (s *Server) connectorRoutes() []Route {
 	}
 }
 
-// connectorError returns the connector service's error: every one the
-// caller can act on is already an *errs.Error.
-func connectorError(err error) error { return err }
-
 func (s *Server) createConnector(w http.ResponseWriter, r *http.Request) error {
 	var sp connector.Spec
 	if err := decodeJSON(r, &sp); err != nil {
@@ -72,7 +68,7 @@ func (s *Server) createConnector(w http.ResponseWriter, r *http.Request) error {
 	}
 	c, err := s.cfg.Connectors.Create(r.Context(), actor(r), sp)
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	writeJSON(w, http.StatusCreated, c)
 	return nil
@@ -81,7 +77,7 @@ func (s *Server) createConnector(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) listConnectors(w http.ResponseWriter, r *http.Request) error {
 	cs, err := s.cfg.Connectors.List(r.Context())
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"connectors": cs})
 	return nil
@@ -90,7 +86,7 @@ func (s *Server) listConnectors(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getConnector(w http.ResponseWriter, r *http.Request) error {
 	c, err := s.cfg.Connectors.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, c)
 	return nil
@@ -107,7 +103,7 @@ func (s *Server) updateConnector(w http.ResponseWriter, r *http.Request) error {
 	sp.Name = r.PathValue("name")
 	c, err := s.cfg.Connectors.Update(r.Context(), actor(r), sp)
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, c)
 	return nil
@@ -115,7 +111,7 @@ func (s *Server) updateConnector(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) removeConnector(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Connectors.Remove(r.Context(), actor(r), r.PathValue("name")); err != nil {
-		return connectorError(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -130,7 +126,7 @@ func (s *Server) testConnector(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := s.cfg.Connectors.Test(r.Context(), actor(r), r.PathValue("name"), req.Path)
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
@@ -180,7 +176,7 @@ func (s *Server) callConnector(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	if err != nil {
-		return connectorError(err)
+		return err
 	}
 	out := CallResponse{Status: resp.Status, Headers: map[string]string{}, Truncated: resp.Truncated, Evidence: resp.Evidence}
 	for k, vs := range resp.Header {

@@ -54,10 +54,6 @@ func (s *Server) flowRoutes() []Route {
 	}, s.hookRoutes()...)
 }
 
-// engineError returns the engine's error: every one the caller can act on
-// is already an *errs.Error.
-func engineError(err error) error { return err }
-
 func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
 	var req ApplyRequest
 	if err := decodeJSON(r, &req); err != nil {
@@ -65,7 +61,7 @@ func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
 	}
 	applied, err := s.cfg.Engine.Apply(r.Context(), actor(r), req.Documents)
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"flows": applied})
 	return nil
@@ -74,7 +70,7 @@ func (s *Server) applyFlows(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) listFlows(w http.ResponseWriter, r *http.Request) error {
 	fs, err := s.cfg.Engine.ListFlows(r.Context())
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"flows": fs})
 	return nil
@@ -83,7 +79,7 @@ func (s *Server) listFlows(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getFlow(w http.ResponseWriter, r *http.Request) error {
 	f, err := s.cfg.Engine.GetFlow(r.Context(), r.PathValue("name"))
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, f)
 	return nil
@@ -91,7 +87,7 @@ func (s *Server) getFlow(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) removeFlow(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Engine.RemoveFlow(r.Context(), actor(r), r.PathValue("name")); err != nil {
-		return engineError(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -100,7 +96,7 @@ func (s *Server) removeFlow(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) webhookSecret(w http.ResponseWriter, r *http.Request) error {
 	secret, err := s.cfg.Engine.WebhookSecret(r.Context(), actor(r), r.PathValue("name"))
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"secret": secret})
 	return nil
@@ -114,7 +110,7 @@ func parseWait(r *http.Request) (time.Duration, error) {
 func (s *Server) startAndAnswer(w http.ResponseWriter, r *http.Request, req engine.StartRequest, wait time.Duration) error {
 	run, err := s.cfg.Engine.StartRun(r.Context(), req)
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	return s.answerRun(w, r, run, http.StatusAccepted, wait)
 }
@@ -131,7 +127,7 @@ func (s *Server) answerRun(w http.ResponseWriter, r *http.Request, run engine.Ru
 		defer cancel()
 		done, err := s.cfg.Engine.Wait(ctx, run.ID)
 		if err != nil {
-			return engineError(err)
+			return err
 		}
 		run = done
 		if done.Status == engine.StatusSucceeded || done.Status == engine.StatusFailed || done.Status == engine.StatusCancelled {
@@ -164,7 +160,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 	f := engine.RunFilter{Flow: q.String("flow"), Status: q.String("status"), Since: q.Time("since"), Until: q.Time("until"), Limit: int(q.Int("limit"))}
 	runs, err := s.cfg.Engine.ListRuns(r.Context(), f)
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"runs": runs})
 	return nil
@@ -173,7 +169,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
 	run, err := s.cfg.Engine.GetRun(r.Context(), r.PathValue("id"))
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, run)
 	return nil
@@ -182,7 +178,7 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) error {
 	run, err := s.cfg.Engine.Cancel(r.Context(), actor(r), r.PathValue("id"))
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, run)
 	return nil
@@ -191,7 +187,7 @@ func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) retryRun(w http.ResponseWriter, r *http.Request) error {
 	run, err := s.cfg.Engine.Retry(r.Context(), actor(r), r.PathValue("id"))
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, run)
 	return nil

@@ -124,7 +124,7 @@ func (s *Server) hook(w http.ResponseWriter, r *http.Request) error {
 		if errs.CodeOf(err) == "webhook_replayed" {
 			s.deny(r, hookRoute, audit.Actor{ID: "webhook", Name: "webhook:" + name}, "webhook replayed", nil)
 		}
-		return engineError(err)
+		return err
 	}
 	status := http.StatusAccepted
 	if res.Duplicate {
@@ -151,7 +151,7 @@ func (s *Server) rotateWebhookSecret(w http.ResponseWriter, r *http.Request) err
 	}
 	rot, err := s.cfg.Engine.RotateWebhookSecret(r.Context(), actor(r), r.PathValue("name"), overlap)
 	if err != nil {
-		return engineError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, rot)
 	return nil

@@ -44,15 +44,11 @@ func (s *Server) probe(w http.ResponseWriter, r *http.Request) error {
 	}
 	rep, err := s.cfg.Probe.Probe(r.Context(), actor(r), probe.Request{URL: req.URL, CAs: req.CAs, Identity: req.Identity, Timeout: timeout})
 	if err != nil {
-		return probeError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, rep)
 	return nil
 }
-
-// probeError returns the probe's error: every one the caller can act on is
-// already an *errs.Error.
-func probeError(err error) error { return err }
 
 // probeSchemas are the component schemas of the probe route; the OpenAPI
 // document merges them into its own.

@@ -162,10 +162,6 @@ func (s *Server) truststoreRoutes() []Route {
 	}
 }
 
-// trustError returns the trust store's error: every one the caller can act
-// on is already an *errs.Error.
-func trustError(err error) error { return err }
-
 func (s *Server) addCA(w http.ResponseWriter, r *http.Request) error {
 	var req CARequest
 	if err := decodeJSON(r, &req); err != nil {
@@ -174,7 +170,7 @@ func (s *Server) addCA(w http.ResponseWriter, r *http.Request) error {
 	ca, err := s.cfg.Trust.AddCA(r.Context(), actor(r), truststore.CARequest{Name: req.Name, Description: req.Description, Data: req.Data,
 		AllowLeafAnchor: req.AllowLeafAnchor, AllowExpired: req.AllowExpired})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusCreated, ca)
 	return nil
@@ -183,7 +179,7 @@ func (s *Server) addCA(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) listCAs(w http.ResponseWriter, r *http.Request) error {
 	cas, err := s.cfg.Trust.ListCAs(r.Context())
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"cas": cas})
 	return nil
@@ -192,7 +188,7 @@ func (s *Server) listCAs(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getCA(w http.ResponseWriter, r *http.Request) error {
 	ca, err := s.cfg.Trust.GetCA(r.Context(), r.PathValue("name"))
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, ca)
 	return nil
@@ -209,7 +205,7 @@ func (s *Server) updateCA(w http.ResponseWriter, r *http.Request) error {
 	ca, err := s.cfg.Trust.UpdateCA(r.Context(), actor(r), truststore.CARequest{Name: r.PathValue("name"), Description: req.Description, Data: req.Data,
 		AllowLeafAnchor: req.AllowLeafAnchor, AllowExpired: req.AllowExpired})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, ca)
 	return nil
@@ -217,7 +213,7 @@ func (s *Server) updateCA(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) removeCA(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Trust.RemoveCA(r.Context(), actor(r), r.PathValue("name")); err != nil {
-		return trustError(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -239,7 +235,7 @@ func (s *Server) verifyCA(w http.ResponseWriter, r *http.Request) error {
 	v, err := s.cfg.Trust.Verify(r.Context(), truststore.VerifyRequest{CA: []string{r.PathValue("name")}, Leaf: req.Leaf, Intermediates: req.Intermediates,
 		Name: req.Name, Time: at, Purpose: req.Purpose})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, v)
 	return nil
@@ -252,7 +248,7 @@ func (s *Server) importIdentity(w http.ResponseWriter, r *http.Request) error {
 	}
 	id, err := s.cfg.Trust.Import(r.Context(), actor(r), truststore.ImportRequest{Name: req.Name, Description: req.Description, Material: req.material()})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusCreated, id)
 	return nil
@@ -266,7 +262,7 @@ func (s *Server) createIdentity(w http.ResponseWriter, r *http.Request) error {
 	id, csr, err := s.cfg.Trust.Create(r.Context(), actor(r), truststore.CreateRequest{Name: req.Name, Description: req.Description,
 		GenerateSpec: truststore.GenerateSpec{Subject: req.Subject, DNSNames: req.DNSNames, KeyType: req.KeyType, KeyStore: req.KeyStore}})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusCreated, CreatedIdentity{Identity: id, CSR: csr})
 	return nil
@@ -275,7 +271,7 @@ func (s *Server) createIdentity(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) error {
 	ids, err := s.cfg.Trust.List(r.Context(), queryOf(r).Duration("expiring"))
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"identities": ids})
 	return nil
@@ -284,7 +280,7 @@ func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.cfg.Trust.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, id)
 	return nil
@@ -292,7 +288,7 @@ func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) removeIdentity(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Trust.Remove(r.Context(), actor(r), r.PathValue("name")); err != nil {
-		return trustError(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -305,7 +301,7 @@ func (s *Server) installCert(w http.ResponseWriter, r *http.Request) error {
 	}
 	id, err := s.cfg.Trust.InstallCertificate(r.Context(), actor(r), truststore.InstallRequest{Name: r.PathValue("name"), Cert: req.Cert, Chain: req.Chain, AllowExpired: req.AllowExpired})
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, id)
 	return nil
@@ -325,7 +321,7 @@ func (s *Server) rotateIdentity(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := s.cfg.Trust.Rotate(r.Context(), actor(r), tr)
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
@@ -341,7 +337,7 @@ func (s *Server) activateIdentity(w http.ResponseWriter, r *http.Request) error 
 	}
 	id, err := s.cfg.Trust.Activate(r.Context(), actor(r), r.PathValue("name"), req.Version)
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	writeJSON(w, http.StatusOK, id)
 	return nil
@@ -350,7 +346,7 @@ func (s *Server) activateIdentity(w http.ResponseWriter, r *http.Request) error 
 func (s *Server) pruneIdentity(w http.ResponseWriter, r *http.Request) error {
 	id, pruned, err := s.cfg.Trust.Prune(r.Context(), actor(r), r.PathValue("name"))
 	if err != nil {
-		return trustError(err)
+		return err
 	}
 	if pruned == nil {
 		pruned = []int{}
@@ -441,7 +437,7 @@ func kekError(err error) error {
 		return &errs.Error{Kind: errs.Internal, Code: "kek_rotation_failed", Message: err.Error(),
 			Hint: "nothing was dropped: every value still opens under the keys it opened with; fix the value named and rotate again", Err: err}
 	}
-	return trustError(err)
+	return err
 }
 
 func notFoundHint(kind string) string {
