@@ -63,7 +63,9 @@ func OpenSnapshot(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: open sqlite %s: %w", path, err)
 	}
-	return &Store{dialect: SQLite, write: db, read: db}, nil
+	// A snapshot answers a few queries once: they run as text.
+	p := &pool{DB: db}
+	return &Store{dialect: SQLite, write: p, read: p}, nil
 }
 
 // IntegrityCheck runs SQLite's quick_check over the whole file and returns

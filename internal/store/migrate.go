@@ -105,12 +105,15 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 		target = latest
 	}
 	return s.InTx(ctx, func(tx *Tx) error {
+		// Migrations run once, as text: their scripts hold several
+		// statements, which PostgreSQL cannot prepare as one.
+		raw := tx.tx.Tx
 		if s.dialect == Postgres {
-			if _, err := tx.tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLockID)); err != nil {
+			if _, err := raw.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLockID)); err != nil {
 				return fmt.Errorf("store: lock for migration: %w", err)
 			}
 		}
-		if _, err := tx.tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		if _, err := raw.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 			version INTEGER PRIMARY KEY,
 			name TEXT NOT NULL,
 			applied_at BIGINT NOT NULL)`); err != nil {
@@ -118,7 +121,7 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 		}
 		applied := map[int]bool{}
 		newest := 0
-		rows, err := tx.tx.QueryContext(ctx, "SELECT version FROM schema_migrations")
+		rows, err := raw.QueryContext(ctx, "SELECT version FROM schema_migrations")
 		if err != nil {
 			return fmt.Errorf("store: read schema_migrations: %w", err)
 		}
@@ -141,10 +144,10 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 			if applied[m.version] {
 				continue
 			}
-			if _, err := tx.tx.ExecContext(ctx, m.sql); err != nil {
+			if _, err := raw.ExecContext(ctx, m.sql); err != nil {
 				return fmt.Errorf("store: apply migration %s: %w", m.name, err)
 			}
-			if _, err := tx.tx.ExecContext(ctx,
+			if _, err := raw.ExecContext(ctx,
 				"INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
 				m.version, m.name, micros(time.Now())); err != nil {
 				return fmt.Errorf("store: record migration %s: %w", m.name, err)
