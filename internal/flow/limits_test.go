@@ -194,7 +194,17 @@ func TestReadingIsNotProportionalToTheDataRead(t *testing.T) {
 		}
 		return time.Since(start)
 	}
+	// The best of several rounds of each, so that a shared machine's
+	// scheduling and GC do not decide; sizing every read made the ratio
+	// about 20,000, so 100 still tells the two apart.
+	best := func(n int) time.Duration {
+		b := timeReads(n)
+		for range 4 {
+			b = min(b, timeReads(n))
+		}
+		return b
+	}
 	timeReads(1) // warm up
-	small, large := timeReads(1), timeReads(10_000)
-	require.Less(t, float64(large), 20*float64(small), "reading from 10,000 items took %s, from 1 item %s", large, small)
+	small, large := best(1), best(10_000)
+	require.Less(t, float64(large), 100*float64(small), "reading from 10,000 items took %s, from 1 item %s", large, small)
 }
