@@ -287,7 +287,26 @@ func (e *Engine) Wait(ctx context.Context, id string) (RunView, error) {
 // Cancel asks a run to stop. A queued or sleeping run is cancelled at once;
 // a running one stops after its current step.
 func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunView, error) {
-	err := e.st.InTx(ctx, func(tx *store.Tx) error {
+	// Cancelling locks the run and then its sub-runs, while a finishing
+	// sub-run locks itself and then its parent: on PostgreSQL the two can
+	// deadlock, and the database rolls one back. The cancel is then run
+	// again as a whole (it changed nothing).
+	var err error
+	for attempt := 0; ; attempt++ {
+		err = e.cancelOnce(ctx, actor, id)
+		if !store.IsDeadlock(err) || attempt == 4 {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
+	if err != nil {
+		return RunView{}, err
+	}
+	return e.GetRun(ctx, id)
+}
+
+func (e *Engine) cancelOnce(ctx context.Context, actor audit.Actor, id string) error {
+	return e.st.InTx(ctx, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			return notFound("run", id)
@@ -312,10 +331,6 @@ func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunV
 		// Wake the run so that a sleeping one is cancelled now.
 		return e.q.EnqueueTx(ctx, tx, id, time.Time{})
 	})
-	if err != nil {
-		return RunView{}, err
-	}
-	return e.GetRun(ctx, id)
 }
 
 // Retry restarts a failed run from its failed step: the failed (and

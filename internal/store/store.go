@@ -253,6 +253,14 @@ func mapErr(err error) error {
 	return err
 }
 
+// IsDeadlock reports whether err is PostgreSQL breaking a deadlock (or a
+// serialization failure): the transaction was rolled back and may be run
+// again as a whole.
+func IsDeadlock(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
+}
+
 // micros converts a time to the stored representation: Unix microseconds, UTC.
 func micros(t time.Time) int64 { return t.UTC().UnixMicro() }
 
