@@ -118,7 +118,7 @@ func decode(b []byte) (*Policy, error) {
 // Current returns the policy in force. Every RevalidateAfter one caller
 // re-reads the stored revision (one indexed row) and reloads if another node
 // changed it, while callers that find the cache stale meanwhile wait for it;
-// a failed read keeps the cached policy and is retried by the next caller.
+// a failed read keeps the cached policy for another interval.
 func (s *Service) Current() *Policy {
 	c := s.cur.Load()
 	if s.clock.Now().Sub(c.checkedAt) < s.cfg.RevalidateAfter {
@@ -133,6 +133,9 @@ func (s *Service) Current() *Policy {
 	defer cancel()
 	rev, err := s.cfg.Store.PolicyRevision(ctx)
 	if err != nil {
+		// Keep the cached policy for another interval rather than make
+		// every caller wait on a database that does not answer.
+		s.cur.Store(&cached{p: c.p, rev: c.rev, checkedAt: s.clock.Now()})
 		return c.p
 	}
 	if rev == c.rev {
