@@ -222,9 +222,10 @@ func BenchmarkHandshakes(b *testing.B) {
 // BenchmarkConnectorMemory creates 1,000 connectors, builds each one's
 // client with one call against the same server, and reports the heap in
 // use per connector. With "closed" the server closes each connection, so
-// the figure is the client alone; with "idle" each connector keeps its
-// idle connection, and the figure includes both ends of it (the server
-// runs in this process).
+// the figure is the client alone; with "idle" each connector may keep its
+// idle connection (only the most recently used, up to
+// DefaultIdleConnectors, do), and the figure includes both ends of the
+// connections kept (the server runs in this process).
 func BenchmarkConnectorMemory(b *testing.B) {
 	const connectors = 1000
 	for _, mode := range []string{"closed", "idle"} {

@@ -127,7 +127,7 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 		return nil, c, sent{method: method}, err
 	}
 	what := sent{method: method, path: u.Path}
-	if ce := c.policyCallError(c.currentPolicy()); ce != nil {
+	if ce := c.checkPolicy(c.currentPolicy()); ce != nil {
 		return nil, c, what, ce
 	}
 	var body io.Reader
@@ -162,12 +162,20 @@ func (s *Service) do(ctx context.Context, name string, req Request) (*Response, 
 			return nil, c, what, err
 		}
 		tok.SetAuthHeader(hreq)
-		forms = append(secretForms([]string{tok.AccessToken}, ""), forms...)
+		forms = c.formsWithToken(tok.AccessToken)
 	}
 	hresp, err := c.http.Do(hreq)
 	if err != nil {
 		return nil, c, what, c.withBudget(ctx, start, s.diagnoseCall(ctx, c, err, evidence))
 	}
+	// A client retired while this request was in flight closes the
+	// connection it leaves idle (deferred first: it runs after the body's
+	// Close).
+	defer func() {
+		if c.retired.Load() {
+			c.transport.CloseIdleConnections()
+		}
+	}()
 	defer hresp.Body.Close()
 	limit := req.MaxResponseBytes
 	if limit <= 0 {

@@ -23,9 +23,14 @@ type oauthSource struct {
 	mu   sync.Mutex
 	src  oauth2.TokenSource
 	conf *clientcredentials.Config
+	// last is the last token fetched (or handed on by the client this one
+	// replaces), used until it expires.
+	last *oauth2.Token
 }
 
-func newOAuthSource(c *client) *oauthSource {
+// newOAuthSource returns c's token source; last, when not nil, is a token
+// the client c replaces fetched for the same state of the connector.
+func newOAuthSource(c *client, last *oauth2.Token) *oauthSource {
 	conf := &clientcredentials.Config{
 		ClientID:     c.settings.ClientID,
 		ClientSecret: c.secrets.ClientSecret,
@@ -44,7 +49,17 @@ func newOAuthSource(c *client) *oauthSource {
 	default:
 		conf.AuthStyle = oauth2.AuthStyleInHeader
 	}
-	return &oauthSource{c: c, conf: conf}
+	return &oauthSource{c: c, conf: conf, last: last}
+}
+
+// lastToken is the last token fetched, or nil.
+func (o *oauthSource) lastToken() *oauth2.Token {
+	if o == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.last
 }
 
 // token returns a valid access token, fetching one when needed. The token
@@ -58,7 +73,7 @@ func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
 		hc := &http.Client{Transport: o.c.transport, Timeout: o.c.timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return errTokenRedirect }}
 		tctx := context.WithValue(context.Background(), oauth2.HTTPClient, hc)
-		o.src = oauth2.ReuseTokenSource(nil, o.conf.TokenSource(tctx))
+		o.src = oauth2.ReuseTokenSource(o.last, o.conf.TokenSource(tctx))
 	}
 	src := o.src
 	o.mu.Unlock()
@@ -99,6 +114,9 @@ func (o *oauthSource) token(ctx context.Context) (*oauth2.Token, error) {
 				Message: fmt.Sprintf("connector %s could not get an access token from %s: %s", o.c.conn.Name, o.conf.TokenURL, why),
 				Hint:    "check the token URL, client id and secret (or the identity, for mTLS client authentication)"}}
 		}
+		o.mu.Lock()
+		o.last = r.tok
+		o.mu.Unlock()
 		return r.tok, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()

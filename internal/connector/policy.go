@@ -100,6 +100,33 @@ func (c *client) policyCallError(p *policy.Policy) *CallError {
 		Hint:    "update the connector (" + f.hint + "), or have an admin change the policy; see `trustflow policy check`"}}
 }
 
+// policyVerdict is a client's policy check against one policy. A policy
+// is compiled once per revision and never changed, and a client's settings
+// never change either, so the verdict holds for as long as the policy in
+// force is the same pointer.
+type policyVerdict struct {
+	p  *policy.Policy
+	ce *CallError
+}
+
+// checkPolicy is policyCallError(p), computed once per policy revision.
+// Each caller gets its own copy of a diagnosis.
+func (c *client) checkPolicy(p *policy.Policy) *CallError {
+	if p == nil {
+		return nil
+	}
+	v := c.verdict.Load()
+	if v == nil || v.p != p {
+		v = &policyVerdict{p: p, ce: c.policyCallError(p)}
+		c.verdict.Store(v)
+	}
+	if v.ce == nil {
+		return nil
+	}
+	ce := *v.ce
+	return &ce
+}
+
 // CheckPolicy lists the connectors that break p, for `policy check`.
 func (s *Service) CheckPolicy(ctx context.Context, p *policy.Policy) ([]policy.Violation, error) {
 	rows, err := s.store.ListConnectors(ctx)

@@ -70,3 +70,21 @@ func redactResponse(forms []string, h http.Header, body []byte) []byte {
 	}
 	return body
 }
+
+// tokenForms are the forms to redact while an OAuth2 access token is in
+// use: the token's, then the connector's secrets'.
+type tokenForms struct {
+	token string
+	forms []string
+}
+
+// formsWithToken returns the forms to redact from an answer to a request
+// that carried the access token, computed once per token.
+func (c *client) formsWithToken(token string) []string {
+	if tf := c.tokenForms.Load(); tf != nil && tf.token == token {
+		return tf.forms
+	}
+	forms := append(secretForms([]string{token}, ""), c.secretForms...)
+	c.tokenForms.Store(&tokenForms{token: token, forms: forms})
+	return forms
+}

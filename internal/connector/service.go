@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -42,7 +43,20 @@ type Config struct {
 	// and update and fails closed at call time. Nil means no policy (tests
 	// of the transport alone); the composition root always sets it.
 	Policy func() *policy.Policy
+	// IdleConnectors bounds how many connectors keep their client and
+	// idle connections at once: when one more is used, the least recently
+	// used one closes its idle connections and its client is released,
+	// keeping its TLS sessions and OAuth2 token, so that its next call
+	// builds the client again and resumes. Zero means
+	// DefaultIdleConnectors; negative, no bound.
+	IdleConnectors int
 }
+
+// DefaultIdleConnectors is the default of Config.IdleConnectors: enough
+// for the connectors a busy server calls over and over to keep their
+// connections, while a thousand connectors called now and then do not
+// each hold one (some 30 KiB apiece, buffers, TLS state and a goroutine).
+const DefaultIdleConnectors = 64
 
 // Service manages connectors and makes calls through them.
 type Service struct {
@@ -56,6 +70,14 @@ type Service struct {
 
 	mu      sync.Mutex
 	clients map[string]*client
+	// parked holds, by connector name, what the clients released for the
+	// bound on idle connectors left behind.
+	parked map[string]*parked
+	// recent holds the clients that may keep idle connections, most
+	// recently used first, at most idleCap of them (no bound when
+	// idleCap < 0).
+	recent  *list.List
+	idleCap int
 
 	systemRoots func() ([]*x509.Certificate, error)
 }
@@ -71,8 +93,11 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.IdleConnectors == 0 {
+		cfg.IdleConnectors = DefaultIdleConnectors
+	}
 	s := &Service{cfg: cfg, store: cfg.Store, audit: cfg.Audit, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
-		auditCalls: cfg.AuditCalls == nil || *cfg.AuditCalls, clients: map[string]*client{},
+		auditCalls: cfg.AuditCalls == nil || *cfg.AuditCalls, clients: map[string]*client{}, parked: map[string]*parked{}, recent: list.New(), idleCap: cfg.IdleConnectors,
 		// The system's CA bundle is read once, not at every client rebuild.
 		systemRoots: sync.OnceValues(systemRoots)}
 	return s, nil
@@ -405,10 +430,12 @@ func (s *Service) drop(name string) {
 	s.mu.Lock()
 	c := s.clients[name]
 	delete(s.clients, name)
-	s.mu.Unlock()
+	delete(s.parked, name)
 	if c != nil {
-		c.close()
+		s.forgetLocked(c)
 	}
+	s.mu.Unlock()
+	c.retire()
 }
 
 // client returns the connector's current client: the cached one while
@@ -421,12 +448,17 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 	c := s.clients[name]
 	// checkedAt and trustGen are written under s.mu by revalidating callers.
 	var fresh, sameGen bool
+	var released *client
 	if c != nil {
 		sameGen = c.trustGen == gen
 		fresh = sameGen && now.Sub(c.checkedAt) < s.trust.RevalidateAfter()
+		if fresh {
+			released = s.usedLocked(c)
+		}
 	}
 	s.mu.Unlock()
 	if fresh {
+		released.retire()
 		return c, nil
 	}
 	state, err := s.store.ConnectorState(ctx, name)
@@ -445,7 +477,11 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 		}
 		s.mu.Lock()
 		c.checkedAt, c.trustGen = now, gen
+		if s.clients[name] == c {
+			released = s.usedLocked(c)
+		}
 		s.mu.Unlock()
+		released.retire()
 		return c, nil
 	}
 	row, err := s.store.ConnectorByName(ctx, name)
@@ -468,16 +504,59 @@ func (s *Service) client(ctx context.Context, name string) (*client, error) {
 			return nil, fmt.Errorf("connector: %s: stored secret: %w", name, err)
 		}
 	}
-	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS, s.systemRoots, s.cfg.Policy)
+	// A client released for the bound on idle connectors hands its TLS
+	// sessions on, unless the connector or the trust store changed since.
+	s.mu.Lock()
+	from := s.parked[name]
+	s.mu.Unlock()
+	if from != nil && (from.state != state || from.trustGen != gen) {
+		from = nil
+	}
+	nc, err := newClient(ctx, row, state, secrets, s.trust, s.clock, s.cfg.FIPS, s.systemRoots, s.cfg.Policy, from)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	old := s.clients[name]
 	s.clients[name] = nc
-	s.mu.Unlock()
+	delete(s.parked, name)
 	if old != nil {
-		old.close()
+		s.forgetLocked(old)
 	}
+	released = s.usedLocked(nc)
+	s.mu.Unlock()
+	old.retire()
+	released.retire()
 	return nc, nil
+}
+
+// usedLocked marks c as the most recently used client. When that puts the
+// clients in use over the bound on idle connectors, it releases the least
+// recently used one (the caller retires it outside s.mu): the service
+// forgets it, keeping only its TLS sessions for its successor. s.mu is
+// held.
+func (s *Service) usedLocked(c *client) *client {
+	if c.recent != nil {
+		s.recent.MoveToFront(c.recent)
+		return nil
+	}
+	c.recent = s.recent.PushFront(c)
+	if s.idleCap < 0 || s.recent.Len() <= s.idleCap {
+		return nil
+	}
+	lru := s.recent.Back().Value.(*client)
+	s.forgetLocked(lru)
+	if s.clients[lru.conn.Name] == lru {
+		delete(s.clients, lru.conn.Name)
+		s.parked[lru.conn.Name] = lru.park()
+	}
+	return lru
+}
+
+// forgetLocked takes c out of the recently used clients. s.mu is held.
+func (s *Service) forgetLocked(c *client) {
+	if c.recent != nil {
+		s.recent.Remove(c.recent)
+		c.recent = nil
+	}
 }

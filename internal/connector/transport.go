@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -15,8 +16,11 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"weak"
+
+	"golang.org/x/oauth2"
 
 	"github.com/trustflow/trustflow/internal/clock"
 	"github.com/trustflow/trustflow/internal/pki"
@@ -55,13 +59,36 @@ type client struct {
 	sessions  *sessionCache
 	transport *http.Transport
 	http      *http.Client
-	evidence  sync.Map // weak.Pointer[tls.Conn] -> *connEvidence
-	lastFull  sync.Map // server name -> *Evidence of the last full handshake
+	evidence  sync.Map  // weak.Pointer[tls.Conn] -> *connEvidence
+	lastFull  *sync.Map // server name -> *Evidence of the last full handshake
 	checkedAt time.Time
 	trustGen  int64
 	oauth     *oauthSource
 	// tokenAddr is the OAuth2 token endpoint's host:port ("" without OAuth2).
 	tokenAddr string
+	// recent is the client's place among the service's recently used
+	// clients (nil when out of it); guarded by Service.mu.
+	recent *list.Element
+	// verdict caches the policy check of the policy in force (see
+	// checkPolicy).
+	verdict atomic.Pointer[policyVerdict]
+	// tokenForms caches the redaction forms of the last OAuth2 access
+	// token sent, followed by secretForms.
+	tokenForms atomic.Pointer[tokenForms]
+	// retired is set once the service no longer hands the client out: a
+	// request still in flight on it closes its connection when done.
+	retired atomic.Bool
+}
+
+// parked is what a client released for the bound on idle connectors
+// leaves behind, so that the client next built for the same state of the
+// connector resumes its TLS sessions instead of handshaking in full.
+type parked struct {
+	state    string
+	trustGen int64
+	sessions *sessionCache
+	lastFull *sync.Map
+	token    *oauth2.Token
 }
 
 // sessionCache is a TLS session cache that can be emptied, so that a
@@ -100,9 +127,11 @@ func (s *sessionCache) Clear() {
 // dialFunc dials a TCP connection.
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// newClient builds the client for one state of a connector.
+// newClient builds the client for one state of a connector; from, when
+// not nil, is what a client released for the same state and trust
+// generation left behind.
 func newClient(ctx context.Context, conn store.Connector, state string, secrets Secrets, trust TrustStore, clk clock.Clock, fips bool,
-	sysRoots func() ([]*x509.Certificate, error), pol func() *policy.Policy) (*client, error) {
+	sysRoots func() ([]*x509.Certificate, error), pol func() *policy.Policy, from *parked) (*client, error) {
 	base, err := url.Parse(conn.URL)
 	if err != nil {
 		return nil, fmt.Errorf("connector: %s: stored url: %w", conn.Name, err)
@@ -112,7 +141,10 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 		return nil, fmt.Errorf("connector: %s: stored timeout: %w", conn.Name, err)
 	}
 	c := &client{conn: conn, state: state, base: base, timeout: timeout, trust: trust, clock: clk, secrets: secrets, fips: fips, policy: pol,
-		sessions: newSessionCache(), checkedAt: clk.Now(), trustGen: trust.Generation()}
+		sessions: newSessionCache(), lastFull: &sync.Map{}, checkedAt: clk.Now(), trustGen: trust.Generation()}
+	if from != nil {
+		c.sessions, c.lastFull = from.sessions, from.lastFull
+	}
 	if err := decodeStored(conn, &c.pins, &c.settings); err != nil {
 		return nil, err
 	}
@@ -161,7 +193,11 @@ func newClient(ctx context.Context, conn store.Connector, state string, secrets 
 	c.http = &http.Client{Transport: c.transport, Timeout: timeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error { return http.ErrUseLastResponse }}
 	if conn.AuthType == AuthOAuth2 {
-		c.oauth = newOAuthSource(c)
+		var last *oauth2.Token
+		if from != nil {
+			last = from.token
+		}
+		c.oauth = newOAuthSource(c, last)
 		if tu, err := url.Parse(c.settings.TokenURL); err == nil {
 			c.tokenAddr = hostPort(tu)
 		}
@@ -314,8 +350,20 @@ func (c *client) evidenceFor(conn net.Conn) *Evidence {
 	return nil
 }
 
-// close releases the client's idle connections.
-func (c *client) close() { c.transport.CloseIdleConnections() }
+// retire closes the idle connections of a client the service no longer
+// hands out (nil for none); a request in flight on it closes its own when
+// done (see Service.do).
+func (c *client) retire() {
+	if c != nil {
+		c.retired.Store(true)
+		c.transport.CloseIdleConnections()
+	}
+}
+
+// park is what c leaves behind for its successor.
+func (c *client) park() *parked {
+	return &parked{state: c.state, trustGen: c.trustGen, sessions: c.sessions, lastFull: c.lastFull, token: c.oauth.lastToken()}
+}
 
 var systemRootFiles = []string{
 	"/etc/ssl/certs/ca-certificates.crt",
