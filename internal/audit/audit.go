@@ -244,9 +244,11 @@ func (l *Log) appendAt(ctx context.Context, tx *store.Tx, head store.AuditHead, 
 }
 
 // Record appends e in a transaction of its own, for events that change
-// nothing else (a refused request, a failed handshake).
+// nothing else (a refused request, a failed handshake). Concurrent Records
+// share their commit (store.InTxGrouped): each still returns only once its
+// record is committed, and one that fails adds nothing to the chain.
 func (l *Log) Record(ctx context.Context, e Entry) error {
-	return l.store.InTx(ctx, func(tx *store.Tx) error {
+	return l.store.InTxGrouped(ctx, func(tx *store.Tx) error {
 		_, err := l.Append(ctx, tx, e)
 		return err
 	})

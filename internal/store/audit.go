@@ -61,11 +61,29 @@ func (t *Tx) LockAuditHead(ctx context.Context) (AuditHead, error) {
 	return h, nil
 }
 
+const insertAudit = "INSERT INTO audit_records (" + auditColumns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+// appendAuditPostgres inserts the record and moves the head in one
+// statement: one round trip fewer while the head's row lock is held.
+const appendAuditPostgres = "WITH ins AS (" + insertAudit + " RETURNING seq) " +
+	"UPDATE audit_head SET seq = $1, hash = $11, key_id = $12 WHERE id = 1 AND seq = $13 AND EXISTS (SELECT 1 FROM ins)"
+
 // AppendAudit inserts a record and moves the head to it. The caller must
-// hold the head (LockAuditHead) in the same transaction.
+// hold the head (LockAuditHead) in the same transaction. On PostgreSQL both
+// run as one statement; the head still moves only from r.Seq-1.
 func (t *Tx) AppendAudit(ctx context.Context, r AuditRecord) error {
-	if _, err := t.tx.ExecContext(ctx, "INSERT INTO audit_records ("+auditColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-		r.Seq, micros(r.Time), r.ActorID, r.ActorName, r.ActorRole, r.Action, r.Target, r.Outcome, r.Details, r.PrevHash, r.Hash, r.KeyID); err != nil {
+	args := []any{r.Seq, micros(r.Time), r.ActorID, r.ActorName, r.ActorRole, r.Action, r.Target, r.Outcome, r.Details, r.PrevHash, r.Hash, r.KeyID}
+	if t.dialect == Postgres {
+		res, err := t.tx.ExecContext(ctx, appendAuditPostgres, append(args, r.Seq-1)...)
+		if err != nil {
+			return fmt.Errorf("store: append audit record %d: %w", r.Seq, mapErr(err))
+		}
+		if n, err := res.RowsAffected(); err != nil || n != 1 {
+			return fmt.Errorf("store: move audit head to %d: head moved concurrently: %w", r.Seq, ErrConflict)
+		}
+		return nil
+	}
+	if _, err := t.tx.ExecContext(ctx, insertAudit, args...); err != nil {
 		return fmt.Errorf("store: append audit record %d: %w", r.Seq, mapErr(err))
 	}
 	res, err := t.tx.ExecContext(ctx, "UPDATE audit_head SET seq = $1, hash = $2, key_id = $3 WHERE id = 1 AND seq = $4", r.Seq, r.Hash, r.KeyID, r.Seq-1)

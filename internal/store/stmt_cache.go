@@ -141,6 +141,18 @@ type txConn struct {
 	*sql.Tx
 	stmts  *stmtCache
 	missed []string
+	// detach runs statements without their context's cancellation: in a
+	// grouped transaction (InTxGrouped) an interrupted statement could roll
+	// back the other callers' work with it.
+	detach bool
+}
+
+// ctx is the context a statement of the transaction runs with.
+func (t *txConn) ctx(ctx context.Context) context.Context {
+	if t.detach {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 func (t *txConn) stmt(ctx context.Context, q string) *sql.Stmt {
@@ -157,6 +169,7 @@ func (t *txConn) stmt(ctx context.Context, q string) *sql.Stmt {
 }
 
 func (t *txConn) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = t.ctx(ctx)
 	if st := t.stmt(ctx, q); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
@@ -168,12 +181,14 @@ func (t *txConn) ExecContext(ctx context.Context, q string, args ...any) (sql.Re
 // same text again while these rows are open (a nested loop over the run
 // tree, say) would reset it under them. A text runs on its own statement.
 func (t *txConn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = t.ctx(ctx)
 	return t.Tx.QueryContext(ctx, q, args...)
 }
 
 // QueryRowContext uses the cached statement: callers scan the row at once,
 // which closes its cursor before the statement can run again.
 func (t *txConn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = t.ctx(ctx)
 	if st := t.stmt(ctx, q); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}

@@ -70,6 +70,7 @@ type Store struct {
 	dialect Dialect
 	write   *pool
 	read    *pool
+	group   grouper // SQLite's group writer (InTxGrouped)
 }
 
 // Open opens the database and applies pending migrations.
@@ -166,6 +167,7 @@ func (s *Store) DB() *sql.DB { return s.write.DB }
 
 // Close releases every connection.
 func (s *Store) Close() error {
+	s.closeGroup()
 	err := s.write.close()
 	if s.read != s.write {
 		err = errors.Join(err, s.read.close())
