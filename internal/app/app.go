@@ -169,7 +169,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	}
 	a.Trust.SetInUse(a.Connectors.InUse)
 	a.Engine, err = engine.New(ctx, engine.Config{Store: st, Audit: a.Audit, Connectors: a.Connectors, Trust: a.Trust, Clock: opts.Clock,
-		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, KeysReady: a.Keys.Ready,
+		Logger: opts.Logger, Workers: cfg.Workers, JobTimeout: cfg.JobTimeout, LeaseTTL: cfg.RescueAfter, KeysReady: a.Keys.Ready,
 		WebhookWindow: cfg.WebhookWindow, WebhookDeliveryTTL: cfg.WebhookDeliveryTTL,
 		Limits: engine.Limits{SubflowDepth: cfg.MaxSubflowDepth, ForeachItems: cfg.MaxForeachItems, StepOutputBytes: cfg.MaxStepOutput,
 			RunStateBytes: cfg.MaxRunState, RunDuration: cfg.MaxRunDuration, RunsInFlight: cfg.MaxRunsInFlight}})

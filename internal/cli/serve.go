@@ -60,7 +60,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.JobTimeout, "job-timeout", 0, "bound on one advance of a run; the engine yields long before (default 5m)")
 	f.DurationVar(&cfg.WebhookWindow, "webhook-window", config.DefaultWebhookWindow, "how far a signed webhook's X-Trustflow-Timestamp may be from this server's clock, either way; accepted signatures are remembered that long to refuse replays (the same on every node)")
 	f.DurationVar(&cfg.WebhookDeliveryTTL, "webhook-delivery-ttl", config.DefaultWebhookDeliveryTTL, "how long an X-Trustflow-Delivery id returns the run its first delivery started")
-	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0, "how long after a node died its runs resume on another (or the restarted) node; must exceed --job-timeout (default --job-timeout + 1m)")
+	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0, "how long after a node died its runs resume on another: a run's lease outlives its node's last renewal (every third of it) that long (default 10s)")
 	f.Float64Var(&cfg.AuthFailRate, "auth-fail-rate", config.DefaultAuthFailRate, "refused requests (no valid token, a role without the permission, a bad webhook signature) a second one source may make before it gets 429")
 	f.IntVar(&cfg.AuthFailBurst, "auth-fail-burst", config.DefaultAuthFailBurst, "refused requests one source may make at once before it gets 429")
 	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeat or comma-separate; default: none, the peer address is the source)")

@@ -119,8 +119,8 @@ type Config struct {
 	// before). Defaults to 5m.
 	JobTimeout time.Duration
 	// RescueAfter is how long after a node died its runs resume on another
-	// (or the restarted) node. Must exceed JobTimeout. Defaults to
-	// JobTimeout + 1m.
+	// node: the lease of a run outlives its holder's last renewal (every
+	// third of it) that long. Defaults to 10s.
 	RescueAfter time.Duration
 	// AuthFailRate is how many refused requests a second one source may
 	// make before it gets 429; AuthFailBurst how many at once. Default 10
@@ -192,7 +192,7 @@ func (c Config) WithDefaults() Config {
 		c.JobTimeout = 5 * time.Minute
 	}
 	if c.RescueAfter == 0 {
-		c.RescueAfter = c.JobTimeout + time.Minute
+		c.RescueAfter = DefaultRescueAfter
 	}
 	if c.AuthFailRate == 0 {
 		c.AuthFailRate = DefaultAuthFailRate
@@ -219,6 +219,13 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// Bounds of --rescue-after, the lease of a run.
+const (
+	DefaultRescueAfter = 10 * time.Second
+	MinRescueAfter     = time.Second
+	MaxRescueAfter     = time.Hour
+)
+
 // Validate reports every invalid field at once, naming the flag and the fix.
 func (c Config) Validate() error {
 	var errs []error
@@ -231,8 +238,8 @@ func (c Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key: give both to serve HTTPS, or neither"))
 	}
-	if c.RescueAfter <= c.JobTimeout {
-		errs = append(errs, fmt.Errorf("--rescue-after %s: must exceed --job-timeout %s, or live runs would be rescued while they run", c.RescueAfter, c.JobTimeout))
+	if c.RescueAfter < MinRescueAfter || c.RescueAfter > MaxRescueAfter {
+		errs = append(errs, fmt.Errorf("--rescue-after %s: want %s to %s (a node renews its leases every third of it; shorter would take live runs from a busy node)", c.RescueAfter, MinRescueAfter, MaxRescueAfter))
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1024", c.Workers))

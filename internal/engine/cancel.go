@@ -45,7 +45,7 @@ func (e *Engine) cancelTree(ctx context.Context, tx *store.Tx, actor audit.Actor
 			if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: details}); err != nil {
 				return err
 			}
-			if err := e.q.EnqueueTx(ctx, tx, id, time.Time{}); err != nil {
+			if err := e.wakeTx(ctx, tx, id); err != nil {
 				return err
 			}
 			parents = append(parents, id)

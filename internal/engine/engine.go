@@ -1,9 +1,11 @@
 // Package engine owns runs: applying flow documents (every version kept),
-// starting runs (the run, its audit record and its queue job in one
-// transaction), the executor that advances a run step by step with a
-// checkpoint after every step, durable sleeps and retry backoff (the job is
-// snoozed), cancellation, retry from the failed step, sub-flows, and the
-// triggers that start runs (API, webhook, event).
+// starting runs (the run and its audit record in one transaction, leased to
+// the starting node, which advances it at once), the dispatcher that
+// advances due runs under one renewed lease each (dispatch.go), the executor
+// that advances a run step by step with a checkpoint after every step,
+// durable sleeps and retry backoff (the run is due again later),
+// cancellation, retry from the failed step, sub-flows, and the triggers that
+// start runs (API, webhook, event, schedule).
 package engine
 
 import (
@@ -62,14 +64,17 @@ type Config struct {
 	Logger *slog.Logger
 	// Workers is how many runs this node advances at once. Defaults to 16.
 	Workers int
-	// PollInterval is how often idle workers look for due runs. Defaults to 50ms.
+	// PollInterval is how often the dispatcher looks for due runs and
+	// expired leases when nothing wakes it (a run started or woken on this
+	// node, or on PostgreSQL on any node, wakes it at once). Defaults to 1s.
 	PollInterval time.Duration
 	// JobTimeout bounds one advance of a run; the executor yields after
 	// Budget, well before it. Defaults to 5m.
 	JobTimeout time.Duration
-	// RescueAfter is how long after a node died its runs are picked up by
-	// another (or the restarted) node. Defaults to JobTimeout + 1m.
-	RescueAfter time.Duration
+	// LeaseTTL is how long a node's lease of a run outlives its last
+	// renewal (every LeaseTTL/3): a node that dies loses its runs to
+	// another within LeaseTTL plus PollInterval. Defaults to 10s.
+	LeaseTTL time.Duration
 	// Budget is how long one advance runs steps before it yields the
 	// worker (the run continues at once). Defaults to 10s.
 	Budget time.Duration
@@ -104,6 +109,7 @@ type Engine struct {
 	clock clock.Clock
 	log   *slog.Logger
 	q     *queue.Queue
+	d     *dispatcher
 
 	mu   sync.Mutex
 	docs map[string]*flow.Document // "name@version" -> parsed document
@@ -140,8 +146,11 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.JobTimeout == 0 {
 		cfg.JobTimeout = 5 * time.Minute
 	}
-	if cfg.RescueAfter == 0 {
-		cfg.RescueAfter = cfg.JobTimeout + time.Minute
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
 	}
 	if cfg.Budget == 0 {
 		cfg.Budget = 10 * time.Second
@@ -165,9 +174,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, st: cfg.Store, audit: cfg.Audit, conns: cfg.Connectors, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
 		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}, work: newWorkSlots(), answers: newAnswerBudget(cfg.Limits), held: &heldState{budget: heldBudget(cfg.Limits)}}
-	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, Workers: cfg.Workers, PollInterval: cfg.PollInterval,
-		JobTimeout: cfg.JobTimeout, RescueAfter: cfg.RescueAfter, Logger: cfg.Logger,
-		OnSchedule: e.onSchedule, OnScan: e.Scan, ScanInterval: cfg.ScanInterval}, e.advance)
+	e.d = newDispatcher(e)
+	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, JobTimeout: cfg.JobTimeout, Logger: cfg.Logger,
+		OnSchedule: e.onSchedule, OnScan: e.Scan, ScanInterval: cfg.ScanInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +199,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.q.Start(ctx); err != nil {
 		return err
 	}
+	e.d.start()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopSync = cancel
 	go e.syncLoop(sctx)
@@ -202,7 +212,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	if e.stopSync != nil {
 		e.stopSync()
 	}
-	return e.q.Stop(ctx)
+	return errors.Join(e.d.stop(ctx), e.q.Stop(ctx))
 }
 
 func newID(prefix string) (string, error) {

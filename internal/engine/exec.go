@@ -19,7 +19,6 @@ import (
 	"github.com/trustflow/trustflow/internal/connector"
 	"github.com/trustflow/trustflow/internal/errs"
 	"github.com/trustflow/trustflow/internal/flow"
-	"github.com/trustflow/trustflow/internal/queue"
 	"github.com/trustflow/trustflow/internal/seal"
 	"github.com/trustflow/trustflow/internal/store"
 )
@@ -30,56 +29,20 @@ const onErrorPrefix = "on_error."
 // maxRetryAfter caps a server's Retry-After.
 const maxRetryAfter = time.Hour
 
-// leaseRetry is how soon a job that found its run leased to another worker
-// tries again.
-const leaseRetry = 250 * time.Millisecond
-
-// advance is the queue's handler: it moves one run as far as it can go.
-func (e *Engine) advance(ctx context.Context, runID string) error {
+// advance moves one run, whose lease l holds, as far as it can go. It
+// returns nil when the run has ended (or has nothing to do), a snooze when
+// it is due again later, and any other error when the advance failed (the
+// dispatcher tries again with backoff).
+func (e *Engine) advance(ctx context.Context, l *lease) error {
 	if e.cfg.KeysReady != nil {
 		if err := e.cfg.KeysReady(); err != nil {
 			// Without the active KEK this node can neither open the run's
 			// sealed values nor seal new ones: leave the run to a node
 			// that can, or to this one once its source has the key.
-			return queue.Snooze(keysRetry)
+			return snooze(keysRetry)
 		}
 	}
-	now := e.clock.Now()
-	// The lease names this advance, not just this node: two workers of one
-	// node (the run's job and the job a cancel or a finished child
-	// enqueued) must not advance the run at once.
-	owner, err := newID(e.cfg.Node + "/")
-	if err != nil {
-		return err
-	}
-	// The lease lasts as long as River lets a job run before it deems its
-	// node dead: a rescued job finds the dead node's lease expired.
-	ok, err := e.st.AcquireRunLease(ctx, runID, owner, now, now.Add(max(e.cfg.RescueAfter, e.cfg.JobTimeout)))
-	if err != nil {
-		return err
-	}
-	if !ok {
-		// Another worker holds the run: it is advancing it (and this job
-		// was enqueued to wake it: a cancel, a finished child), or its node
-		// died and the lease has yet to expire. Dropping this job would lose
-		// the wake-up, or the run; try again shortly.
-		r, err := e.st.Run(ctx, runID)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if terminal(r.Status) {
-			return nil
-		}
-		return queue.Snooze(leaseRetry)
-	}
-	defer func() {
-		if err := e.st.ReleaseRunLease(context.WithoutCancel(ctx), runID, owner); err != nil {
-			e.log.Warn("release run lease", "run", runID, "err", err)
-		}
-	}()
-	r, err := e.st.Run(ctx, runID)
+	r, err := e.st.Run(ctx, l.run)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	} else if err != nil {
@@ -92,15 +55,16 @@ func (e *Engine) advance(ctx context.Context, runID string) error {
 	if errors.Is(err, seal.ErrUnknownKEK) {
 		// Sealed by a KEK this node does not hold yet (a rotation on
 		// another node): a rotation must never fail a run.
-		e.log.Warn("run sealed under a key-encryption key this node does not hold; retrying", "run", runID, "err", err)
-		return queue.Snooze(keysRetry)
+		e.log.Warn("run sealed under a key-encryption key this node does not hold; retrying", "run", l.run, "err", err)
+		return snooze(keysRetry)
 	}
 	if err != nil {
 		return err
 	}
+	x.lease = l
 	// The node holds only so much run state at once (limits.go).
 	if !e.held.enter(x.stateBytes) {
-		return queue.Snooze(heldRetry)
+		return snooze(heldRetry)
 	}
 	defer x.leave()
 	return x.advance(ctx)
@@ -124,6 +88,8 @@ type execution struct {
 	sec      *flow.Secrets
 	red      *redactor
 	warnFull sync.Once
+	// lease is this advance's hold on the run.
+	lease *lease
 
 	mu  sync.Mutex
 	cps map[string]store.Step
@@ -225,7 +191,7 @@ func (x *execution) advance(ctx context.Context) error {
 				return err
 			}
 			if !ok {
-				return queue.Snooze(time.Second)
+				return snooze(time.Second)
 			}
 		}
 	}
@@ -745,7 +711,7 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 			}
 			var err error
 			child, err = x.e.startRunTx(ctx, tx, StartRequest{Flow: s.SubFlow, Input: in, Trigger: "flow", Actor: x.actor, ParentRun: x.run.ID, ParentStep: cp.Path,
-				Redact: x.red.values(), SecretInputs: marked})
+				Redact: x.red.values(), SecretInputs: marked}, nil)
 			if err != nil {
 				return err
 			}
@@ -1019,36 +985,66 @@ func (x *execution) claimSlot(ctx context.Context, limit int) (bool, error) {
 
 // setStatus moves the run to status (recording when it started).
 func (x *execution) setStatus(ctx context.Context, status string) error {
-	return x.e.st.InTx(ctx, func(tx *store.Tx) error {
-		r, err := tx.RunForUpdate(ctx, x.run.ID)
-		if err != nil {
-			return err
-		}
-		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
-		r.Status, r.UpdatedAt = status, now
-		if r.StartedAt == nil && status == StatusRunning {
-			r.StartedAt = &now
-		}
-		if err := tx.UpdateRun(ctx, r); err != nil {
-			return err
-		}
-		x.run = r
-		return nil
-	})
+	return x.e.st.InTx(ctx, func(tx *store.Tx) error { return x.setStatusTx(ctx, tx, status) })
 }
 
-// pause saves the run's state and snoozes its job.
+func (x *execution) setStatusTx(ctx context.Context, tx *store.Tx, status string) error {
+	r, err := tx.RunForUpdate(ctx, x.run.ID)
+	if err != nil {
+		return err
+	}
+	now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
+	r.Status, r.UpdatedAt = status, now
+	if r.StartedAt == nil && status == StatusRunning {
+		r.StartedAt = &now
+	}
+	if err := tx.UpdateRun(ctx, r); err != nil {
+		return err
+	}
+	tx.AfterCommit(func() { x.run = r })
+	return nil
+}
+
+// pause saves the run's status and gives its lease up, in one transaction,
+// until the run is due again.
 func (x *execution) pause(ctx context.Context, out outcome) error {
 	status := StatusRunning
 	if out.sleeping && *out.pause > 0 {
 		status = StatusSleeping
 	}
 	if status != x.run.Status {
-		if err := x.setStatus(context.WithoutCancel(ctx), status); err != nil {
+		ctx := context.WithoutCancel(ctx)
+		due := x.e.clock.Now().Add(*out.pause)
+		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+			if err := x.setStatusTx(ctx, tx, status); err != nil {
+				return err
+			}
+			return x.yieldTx(ctx, tx, &due)
+		})
+		if err != nil {
 			return err
 		}
 	}
-	return queue.Snooze(*out.pause)
+	return snooze(*out.pause)
+}
+
+// yieldTx gives the run's lease up inside tx, the transaction of its last
+// change in this advance; the run is due again at due (nil: it has ended).
+func (x *execution) yieldTx(ctx context.Context, tx *store.Tx, due *time.Time) error {
+	l := x.lease
+	if l == nil {
+		return nil
+	}
+	now := x.e.clock.Now()
+	next, err := tx.YieldRun(ctx, l.run, l.owner, l.wakes, due, now)
+	if err != nil {
+		return err
+	}
+	tx.AfterCommit(func() {
+		l.released = true
+		x.e.d.dueAt(next)
+	})
+	return nil
 }
 
 // fail records the run's failure and runs its on_error steps.
@@ -1103,7 +1099,7 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 			return err
 		}
 		if terminal(r.Status) {
-			return nil
+			return x.yieldTx(ctx, tx, nil)
 		}
 		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
 		r.Status, r.FinishedAt, r.UpdatedAt = status, &now, now
@@ -1124,6 +1120,9 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 		if err := tx.UpdateRun(ctx, r); err != nil {
 			return err
 		}
+		if err := x.yieldTx(ctx, tx, nil); err != nil {
+			return err
+		}
 		details := map[string]any{"flow": r.FlowName, "version": r.FlowVersion, "status": status}
 		outcome := audit.OutcomeSuccess
 		if rerr != nil {
@@ -1134,7 +1133,7 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 			return err
 		}
 		if r.ParentRunID != "" {
-			if err := x.e.q.EnqueueTx(ctx, tx, r.ParentRunID, time.Time{}); err != nil {
+			if err := x.e.wakeTx(ctx, tx, r.ParentRunID); err != nil {
 				return err
 			}
 		}
@@ -1161,7 +1160,7 @@ func (e *Engine) emitTx(ctx context.Context, tx *store.Tx, event string, payload
 		return err
 	}
 	for _, n := range names {
-		if _, err := e.startRunTx(ctx, tx, StartRequest{Flow: n, Input: map[string]any{"event": event, "data": payload}, Trigger: "event:" + event, Actor: audit.System}); err != nil {
+		if _, err := e.startRunTx(ctx, tx, StartRequest{Flow: n, Input: map[string]any{"event": event, "data": payload}, Trigger: "event:" + event, Actor: audit.System}, nil); err != nil {
 			if errs.CodeOf(err) == flow.CodeInvalidInput {
 				e.log.Warn("event flow refused the event's input", "flow", n, "event", event, "err", err)
 				continue

@@ -55,23 +55,68 @@ type StartRequest struct {
 
 func runAAD(id string) []byte { return store.RunInputAAD(id) }
 
-// StartRun validates the input and writes the run, its audit record and its
-// queue job in one transaction: a run is never lost between accepted and
-// queued.
+// StartRun validates the input and writes the run, due at once, and its
+// audit record in one transaction: a run is never lost between accepted
+// and advanced. When this node has a worker free, the run is leased to it in
+// that transaction and advanced at once.
 func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error) {
 	var out RunView
-	err := e.st.InTx(ctx, func(tx *store.Tx) error {
-		r, err := e.startRunTx(ctx, tx, req)
-		if err != nil {
-			return err
-		}
-		out = runView(r, nil)
-		return nil
+	err := e.startInline(func(l *lease) error {
+		return e.st.InTx(ctx, func(tx *store.Tx) error {
+			r, err := e.startRunTx(ctx, tx, req, l)
+			if err != nil {
+				return err
+			}
+			out = runView(r, nil)
+			return nil
+		})
 	})
 	return out, err
 }
 
-func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest) (store.Run, error) {
+// startInline calls start, a transaction that may start one run, with a
+// lease of this node when it has a worker free (nil otherwise), and
+// advances the run start started under it as soon as start returns.
+func (e *Engine) startInline(start func(l *lease) error) error {
+	var l *lease
+	if e.d.trySlot() {
+		var err error
+		if l, err = e.d.newLease(""); err != nil {
+			e.d.giveSlot()
+			l = nil
+		}
+	}
+	err := start(l)
+	if l == nil {
+		return err
+	}
+	if err != nil || l.run == "" {
+		e.d.giveSlot()
+		return err
+	}
+	e.d.begin(l)
+	return nil
+}
+
+// wakeTx makes a run due now, inside tx, and wakes the dispatcher (of
+// this node, and on PostgreSQL of every node) when tx commits.
+func (e *Engine) wakeTx(ctx context.Context, tx *store.Tx, id string) error {
+	if err := tx.WakeRun(ctx, id, e.clock.Now()); err != nil {
+		return err
+	}
+	return e.dueTx(ctx, tx)
+}
+
+// dueTx wakes the dispatchers when tx, which made a run due, commits.
+func (e *Engine) dueTx(ctx context.Context, tx *store.Tx) error {
+	tx.AfterCommit(e.d.poke)
+	return tx.Notify(ctx, runsChannel)
+}
+
+// startRunTx starts a run inside tx. With a lease l, the run is leased to
+// it (and, when the flow bounds no concurrency, starts running at once);
+// without, the dispatchers are woken to claim it.
+func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest, l *lease) (store.Run, error) {
 	head, err := tx.FlowByName(ctx, req.Flow)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Run{}, notFound("flow", req.Flow)
@@ -130,7 +175,13 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	now := e.clock.Now().UTC().Truncate(time.Microsecond)
 	r := store.Run{ID: id, FlowName: head.Name, FlowVersion: head.CurrentVersion, Status: StatusQueued, TriggerKind: trigger,
 		Input: string(redacted), InputSealed: sealed, KEKID: kek, ParentRunID: req.ParentRun, ParentStep: req.ParentStep,
-		CreatedBy: req.Actor.ID, CreatedAt: now, UpdatedAt: now}
+		CreatedBy: req.Actor.ID, CreatedAt: now, UpdatedAt: now, DueAt: &now}
+	if l != nil {
+		r.LeaseOwner, r.LeaseUntil = l.owner, now.Add(e.cfg.LeaseTTL)
+		if d.Settings.Concurrency == 0 {
+			r.Status, r.StartedAt = StatusRunning, &now
+		}
+	}
 	if err := tx.InsertRun(ctx, r); err != nil {
 		return store.Run{}, err
 	}
@@ -142,7 +193,9 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest)
 	if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "run.start", Target: "run/" + id, Details: details}); err != nil {
 		return store.Run{}, err
 	}
-	if err := e.q.EnqueueTx(ctx, tx, id, time.Time{}); err != nil {
+	if l != nil {
+		l.run = id
+	} else if err := e.dueTx(ctx, tx); err != nil {
 		return store.Run{}, err
 	}
 	return r, nil
@@ -329,7 +382,7 @@ func (e *Engine) cancelOnce(ctx context.Context, actor audit.Actor, id string) e
 			return err
 		}
 		// Wake the run so that a sleeping one is cancelled now.
-		return e.q.EnqueueTx(ctx, tx, id, time.Time{})
+		return e.wakeTx(ctx, tx, id)
 	})
 }
 
@@ -362,7 +415,7 @@ func (e *Engine) Retry(ctx context.Context, actor audit.Actor, id string) (RunVi
 		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.retry", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "previous_status": prev}}); err != nil {
 			return err
 		}
-		return e.q.EnqueueTx(ctx, tx, id, time.Time{})
+		return e.wakeTx(ctx, tx, id)
 	})
 	if err != nil {
 		return RunView{}, err

@@ -329,55 +329,57 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 	}
 	var out WebhookRun
 	var duplicate string
-	err := e.st.InTx(ctx, func(tx *store.Tx) error {
-		duplicate = ""
-		head, err := tx.FlowByName(ctx, req.Flow)
-		if errors.Is(err, store.ErrNotFound) {
-			return errs.NotFoundNamed("flow", req.Flow, "see `trustflow flow list`")
-		} else if err != nil {
-			return err
-		}
-		kind, auth, _ := strings.Cut(head.TriggerKind, ":")
-		if kind != "webhook" || (req.Proof != nil && auth != "hmac") {
-			return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", req.Flow),
-				Hint: "set trigger: {webhook: {auth: token}} (or auth: hmac) in the flow"}
-		}
-		now := e.clock.Now().UTC().Truncate(time.Microsecond)
-		if req.Proof != nil {
-			fresh, err := tx.MarkWebhookSignatures(ctx, req.Flow, req.Proof.macs, req.Proof.signedAt.Add(e.cfg.WebhookWindow))
-			if err != nil {
+	err := e.startInline(func(l *lease) error {
+		return e.st.InTx(ctx, func(tx *store.Tx) error {
+			duplicate = ""
+			head, err := tx.FlowByName(ctx, req.Flow)
+			if errors.Is(err, store.ErrNotFound) {
+				return errs.NotFoundNamed("flow", req.Flow, "see `trustflow flow list`")
+			} else if err != nil {
 				return err
 			}
-			if !fresh {
-				return errReplayed()
+			kind, auth, _ := strings.Cut(head.TriggerKind, ":")
+			if kind != "webhook" || (req.Proof != nil && auth != "hmac") {
+				return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", req.Flow),
+					Hint: "set trigger: {webhook: {auth: token}} (or auth: hmac) in the flow"}
 			}
-		}
-		if req.Delivery != "" {
-			claimed, runID, err := tx.ClaimWebhookDelivery(ctx, req.Flow, req.Delivery, now, now.Add(e.cfg.WebhookDeliveryTTL))
-			if err != nil {
-				return err
-			}
-			if !claimed {
-				if runID == "" {
-					return fmt.Errorf("engine: webhook delivery %q of flow %q has no run", req.Delivery, req.Flow)
+			now := e.clock.Now().UTC().Truncate(time.Microsecond)
+			if req.Proof != nil {
+				fresh, err := tx.MarkWebhookSignatures(ctx, req.Flow, req.Proof.macs, req.Proof.signedAt.Add(e.cfg.WebhookWindow))
+				if err != nil {
+					return err
 				}
-				duplicate = runID
-				_, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "webhook.duplicate", Target: "run/" + runID,
-					Details: map[string]any{"flow": req.Flow, "delivery": req.Delivery}})
+				if !fresh {
+					return errReplayed()
+				}
+			}
+			if req.Delivery != "" {
+				claimed, runID, err := tx.ClaimWebhookDelivery(ctx, req.Flow, req.Delivery, now, now.Add(e.cfg.WebhookDeliveryTTL))
+				if err != nil {
+					return err
+				}
+				if !claimed {
+					if runID == "" {
+						return fmt.Errorf("engine: webhook delivery %q of flow %q has no run", req.Delivery, req.Flow)
+					}
+					duplicate = runID
+					_, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "webhook.duplicate", Target: "run/" + runID,
+						Details: map[string]any{"flow": req.Flow, "delivery": req.Delivery}})
+					return err
+				}
+			}
+			r, err := e.startRunTx(ctx, tx, StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor}, l)
+			if err != nil {
 				return err
 			}
-		}
-		r, err := e.startRunTx(ctx, tx, StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor})
-		if err != nil {
-			return err
-		}
-		if req.Delivery != "" {
-			if err := tx.SetWebhookDeliveryRun(ctx, req.Flow, req.Delivery, r.ID); err != nil {
-				return err
+			if req.Delivery != "" {
+				if err := tx.SetWebhookDeliveryRun(ctx, req.Flow, req.Delivery, r.ID); err != nil {
+					return err
+				}
 			}
-		}
-		out = WebhookRun{Run: runView(r, nil)}
-		return nil
+			out = WebhookRun{Run: runView(r, nil)}
+			return nil
+		})
 	})
 	if err != nil {
 		return WebhookRun{}, err

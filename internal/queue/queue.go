@@ -1,8 +1,8 @@
 // Package queue is trustflow's thin wrapper over River, the durable job
-// queue: one job kind ("advance this run"), inserted in the caller's
-// transaction so that a run, its audit record and its job commit together;
-// workers that call the engine; snoozes that make sleeps and retry backoff
-// durable; and River's rescue of jobs whose node died.
+// queue, for the periodic work of the server: flows' schedules (one job per
+// due time, inserted by River's periodic jobs on the leader) and the expiry
+// scan. Runs are not queued here: the engine dispatches them from the runs
+// table under one lease each (engine/dispatch.go).
 package queue
 
 import (
@@ -22,7 +22,9 @@ import (
 	"github.com/trustflow/trustflow/internal/store"
 )
 
-// RunArgs is the job that advances one run as far as it can go.
+// RunArgs is the job that advanced one run before runs were dispatched from
+// their own table (schema 12). A job of this kind left in the table is done
+// at once: the migration made every run that had not ended due.
 type RunArgs struct {
 	RunID string `json:"run_id"`
 }
@@ -30,32 +32,15 @@ type RunArgs struct {
 // Kind names the job kind in River's table.
 func (RunArgs) Kind() string { return "trustflow.run" }
 
-// Handler advances a run. Returning Snooze(d) reschedules the job after d
-// (durably); any other error is retried by River with backoff.
-type Handler func(ctx context.Context, runID string) error
-
-// Snooze asks for the job to run again after d, without counting an attempt.
-func Snooze(d time.Duration) error {
-	if d < 0 {
-		d = 0
-	}
-	return river.JobSnooze(d)
-}
-
 // Config configures the queue. Store is required.
 type Config struct {
 	Store *store.Store
-	// Workers is how many runs one node advances at once. Defaults to 16.
-	Workers int
 	// PollInterval is how often idle workers look for due jobs (River's
-	// FetchPollInterval; SQLite has no LISTEN/NOTIFY). Defaults to 50ms.
+	// FetchPollInterval). Defaults to 1s: schedules fire within a second.
 	PollInterval time.Duration
-	// JobTimeout bounds one job execution. The engine yields well before
-	// it. Defaults to 5m.
+	// JobTimeout bounds one job execution. Defaults to 5m; a job left
+	// running by a node that died is rescued a minute after it.
 	JobTimeout time.Duration
-	// RescueAfter is how long a job may stay running before River rescues
-	// it (its node died). Must exceed JobTimeout. Defaults to JobTimeout+1m.
-	RescueAfter time.Duration
 	// Logger defaults to slog.Default(), at warning level for River.
 	Logger *slog.Logger
 	// OnSchedule starts a flow's scheduled run (see SetSchedules).
@@ -74,21 +59,15 @@ type Queue struct {
 }
 
 // New builds the queue, migrating River's tables.
-func New(ctx context.Context, cfg Config, h Handler) (*Queue, error) {
-	if cfg.Store == nil || h == nil {
-		return nil, errors.New("queue: Store and a handler are required")
-	}
-	if cfg.Workers == 0 {
-		cfg.Workers = 16
+func New(ctx context.Context, cfg Config) (*Queue, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("queue: Store is required")
 	}
 	if cfg.PollInterval == 0 {
-		cfg.PollInterval = 50 * time.Millisecond
+		cfg.PollInterval = time.Second
 	}
 	if cfg.JobTimeout == 0 {
 		cfg.JobTimeout = 5 * time.Minute
-	}
-	if cfg.RescueAfter == 0 {
-		cfg.RescueAfter = cfg.JobTimeout + time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -110,9 +89,7 @@ func New(ctx context.Context, cfg Config, h Handler) (*Queue, error) {
 		return nil, fmt.Errorf("queue: migrate: %w", err)
 	}
 	workers := river.NewWorkers()
-	river.AddWorker(workers, river.WorkFunc(func(ctx context.Context, job *river.Job[RunArgs]) error {
-		return h(ctx, job.Args.RunID)
-	}))
+	river.AddWorker(workers, river.WorkFunc(func(context.Context, *river.Job[RunArgs]) error { return nil }))
 	if cfg.OnSchedule != nil {
 		river.AddWorker(workers, runScheduled(cfg.OnSchedule))
 	}
@@ -120,12 +97,12 @@ func New(ctx context.Context, cfg Config, h Handler) (*Queue, error) {
 		river.AddWorker(workers, runScan(cfg.OnScan))
 	}
 	client, err := river.NewClient(driver, &river.Config{
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
+		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}},
 		Workers:              workers,
 		FetchPollInterval:    cfg.PollInterval,
 		FetchCooldown:        time.Millisecond,
 		JobTimeout:           cfg.JobTimeout,
-		RescueStuckJobsAfter: cfg.RescueAfter,
+		RescueStuckJobsAfter: cfg.JobTimeout + time.Minute,
 		MaxAttempts:          1000,
 		Logger:               quiet(cfg.Logger),
 	})
@@ -154,18 +131,6 @@ type levelFilter struct {
 
 func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= f.min && f.Handler.Enabled(ctx, l)
-}
-
-// EnqueueTx inserts a job for run inside tx, due at at (zero: now).
-func (q *Queue) EnqueueTx(ctx context.Context, tx *store.Tx, runID string, at time.Time) error {
-	opts := &river.InsertOpts{}
-	if !at.IsZero() {
-		opts.ScheduledAt = at
-	}
-	if _, err := q.client.InsertTx(ctx, tx.SQL(), RunArgs{RunID: runID}, opts); err != nil {
-		return fmt.Errorf("queue: enqueue run %s: %w", runID, err)
-	}
-	return nil
 }
 
 // Start starts the workers.

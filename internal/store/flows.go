@@ -193,28 +193,34 @@ type Run struct {
 	LeaseOwner      string
 	LeaseUntil      time.Time
 	CancelRequested bool
+	// DueAt is when the run is to be advanced next; nil once it has ended
+	// (dispatch.go).
+	DueAt *time.Time
+	// Wakes counts the run's wake-ups (WakeRun).
+	Wakes int64
 }
 
-const runColumns = "id, flow_name, flow_version, status, trigger_kind, input, input_sealed, kek_id, output, error, parent_run_id, parent_step, created_by, created_at, started_at, finished_at, updated_at, lease_owner, lease_until, cancel_requested"
+const runColumns = "id, flow_name, flow_version, status, trigger_kind, input, input_sealed, kek_id, output, error, parent_run_id, parent_step, created_by, created_at, started_at, finished_at, updated_at, lease_owner, lease_until, cancel_requested, due_at, wakes"
 
 func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	var r Run
 	var c, u, lu int64
-	var st, fin sql.NullInt64
+	var st, fin, due sql.NullInt64
 	if err := row.Scan(&r.ID, &r.FlowName, &r.FlowVersion, &r.Status, &r.TriggerKind, &r.Input, &r.InputSealed, &r.KEKID, &r.Output, &r.Error,
-		&r.ParentRunID, &r.ParentStep, &r.CreatedBy, &c, &st, &fin, &u, &r.LeaseOwner, &lu, &r.CancelRequested); err != nil {
+		&r.ParentRunID, &r.ParentStep, &r.CreatedBy, &c, &st, &fin, &u, &r.LeaseOwner, &lu, &r.CancelRequested, &due, &r.Wakes); err != nil {
 		return Run{}, err
 	}
 	r.CreatedAt, r.UpdatedAt, r.LeaseUntil = fromMicros(c), fromMicros(u), fromMicros(lu)
-	r.StartedAt, r.FinishedAt = fromNullMicros(st), fromNullMicros(fin)
+	r.StartedAt, r.FinishedAt, r.DueAt = fromNullMicros(st), fromNullMicros(fin), fromNullMicros(due)
 	return r, nil
 }
 
 // InsertRun stores a new run.
 func (t *Tx) InsertRun(ctx context.Context, r Run) error {
-	_, err := t.tx.ExecContext(ctx, "INSERT INTO runs ("+runColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+	_, err := t.tx.ExecContext(ctx, "INSERT INTO runs ("+runColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
 		r.ID, r.FlowName, r.FlowVersion, r.Status, r.TriggerKind, r.Input, r.InputSealed, r.KEKID, r.Output, r.Error, r.ParentRunID, r.ParentStep,
-		r.CreatedBy, micros(r.CreatedAt), nullMicros(r.StartedAt), nullMicros(r.FinishedAt), micros(r.UpdatedAt), r.LeaseOwner, micros(r.LeaseUntil), r.CancelRequested)
+		r.CreatedBy, micros(r.CreatedAt), nullMicros(r.StartedAt), nullMicros(r.FinishedAt), micros(r.UpdatedAt), r.LeaseOwner, micros(r.LeaseUntil), r.CancelRequested,
+		nullMicros(r.DueAt), r.Wakes)
 	if err != nil {
 		return fmt.Errorf("store: insert run %s: %w", r.ID, mapErr(err))
 	}
@@ -252,29 +258,6 @@ func (t *Tx) UpdateRun(ctx context.Context, r Run) error {
 		return fmt.Errorf("store: update run %s: %w", r.ID, mapErr(err))
 	}
 	return expectOne(res, "update run "+r.ID)
-}
-
-// AcquireRunLease gives owner the right to advance run until until, if no
-// other owner holds an unexpired lease. It reports whether it did.
-func (s *Store) AcquireRunLease(ctx context.Context, id, owner string, now, until time.Time) (bool, error) {
-	res, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND (lease_owner = $1 OR lease_owner = '' OR lease_until < $4)",
-		owner, micros(until), id, micros(now))
-	if err != nil {
-		return false, fmt.Errorf("store: lease run %s: %w", id, mapErr(err))
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("store: lease run %s: %w", id, err)
-	}
-	return n == 1, nil
-}
-
-// ReleaseRunLease gives the lease up.
-func (s *Store) ReleaseRunLease(ctx context.Context, id, owner string) error {
-	if _, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_owner = '', lease_until = 0 WHERE id = $1 AND lease_owner = $2", id, owner); err != nil {
-		return fmt.Errorf("store: release run %s: %w", id, mapErr(err))
-	}
-	return nil
 }
 
 // RunFilter selects runs; zero fields do not filter.
@@ -353,16 +336,6 @@ func (t *Tx) CountRuns(ctx context.Context, flow string, statuses ...string) (in
 		return 0, fmt.Errorf("store: count runs of %q: %w", flow, err)
 	}
 	return n, nil
-}
-
-// ReleaseRunLeases gives up every run lease. Only a node that knows it is
-// the only one (SQLite) may call it, at start, before its workers run: the
-// leases it finds were held by its own previous, dead process.
-func (s *Store) ReleaseRunLeases(ctx context.Context) error {
-	if _, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_owner = '', lease_until = 0 WHERE lease_owner <> ''"); err != nil {
-		return fmt.Errorf("store: release run leases: %w", mapErr(err))
-	}
-	return nil
 }
 
 // Step is one step checkpoint of a run.

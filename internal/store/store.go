@@ -191,6 +191,18 @@ func (s *Store) Ping(ctx context.Context) error {
 type Tx struct {
 	tx      *txConn
 	dialect Dialect
+	after   []func()
+}
+
+// AfterCommit calls fn once the transaction has committed (never if it
+// rolls back): in-process signals about the change, such as waking the
+// worker that will act on it.
+func (t *Tx) AfterCommit(fn func()) { t.after = append(t.after, fn) }
+
+func (t *Tx) committed() {
+	for _, fn := range t.after {
+		fn()
+	}
 }
 
 // SQL returns the underlying transaction, for components that must enlist
@@ -225,6 +237,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx *Tx) error) (err error) {
 		return fmt.Errorf("store: commit: %w", mapErr(err))
 	}
 	tx.tx.prepareMissed(ctx)
+	tx.committed()
 	return nil
 }
 
