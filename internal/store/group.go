@@ -71,7 +71,9 @@ type grouper struct {
 // through Tx run with its context's values but not its cancellation (an
 // interrupted statement can roll back the whole shared transaction); the
 // transaction from Tx.SQL is shared with other callers and must not be
-// committed or rolled back by fn. A panic in fn rolls back fn's savepoint,
+// committed or rolled back by fn (should the transaction be lost under the
+// writer anyway, every caller in it gets an error and the functions not
+// yet run go on in a new one). A panic in fn rolls back fn's savepoint,
 // the others still commit, and the panic is raised again in the caller's
 // goroutine, as InTx does. fn must not start another transaction on the
 // store (neither does it under InTx, whose SQLite writer is one
