@@ -28,6 +28,7 @@ const (
 // groupReq is one caller's function waiting in the group writer.
 type groupReq struct {
 	fn    func(tx *Tx) error
+	tx    *Tx // the Tx fn ran with, once it has run
 	state atomic.Int32
 	done  chan groupResult // buffered: the writer never blocks answering
 }
@@ -35,9 +36,12 @@ type groupReq struct {
 // groupResult is what the writer answers a caller: fn's error (or the
 // commit's), or the value fn panicked with.
 type groupResult struct {
-	err      error
-	panicked bool
-	panicVal any
+	// committed is the Tx of a function whose changes committed, for its
+	// AfterCommit hooks.
+	committed *Tx
+	err       error
+	panicked  bool
+	panicVal  any
 }
 
 // grouper is the SQLite group writer: one goroutine, started by the first
@@ -75,9 +79,10 @@ type grouper struct {
 // writer anyway, every caller in it gets an error and the functions not
 // yet run go on in a new one). A panic in fn rolls back fn's savepoint,
 // the others still commit, and the panic is raised again in the caller's
-// goroutine, as InTx does. fn must not start another transaction on the
-// store (neither does it under InTx, whose SQLite writer is one
-// connection).
+// goroutine, as InTx does. Tx.AfterCommit hooks run, in the caller's
+// goroutine, for just the functions whose changes committed. fn must not
+// start another transaction on the store (neither does it under InTx,
+// whose SQLite writer is one connection).
 //
 // On PostgreSQL InTxGrouped is InTx: concurrent transactions already commit
 // in parallel there, and running several callers' functions in one
@@ -126,6 +131,9 @@ func (s *Store) InTxGrouped(ctx context.Context, fn func(tx *Tx) error) error {
 	}
 	if res.panicked {
 		panic(res.panicVal)
+	}
+	if res.err == nil && res.committed != nil {
+		res.committed.committed() // in the caller's goroutine, as under InTx
 	}
 	return res.err
 }
@@ -211,13 +219,16 @@ func (s *Store) runGroupTx(batch []*groupReq) (rest []*groupReq) {
 	if r := soleLive(batch); r != nil && r.state.CompareAndSwap(groupPending, groupStarted) {
 		// Alone in its batch: the transaction is its own, as under InTx,
 		// and needs no savepoint.
-		res := callGrouped(r.fn, &Tx{tx: tc, dialect: s.dialect})
+		r.tx = &Tx{tx: tc, dialect: s.dialect}
+		res := callGrouped(r.fn, r.tx)
 		if res.err != nil || res.panicked {
 			if rbErr := sqlTx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) && !res.panicked {
 				res.err = errors.Join(res.err, fmt.Errorf("store: rollback: %w", rbErr))
 			}
 		} else if err := sqlTx.Commit(); err != nil {
 			res.err = fmt.Errorf("store: commit: %w", mapErr(err))
+		} else {
+			res.committed = r.tx
 		}
 		r.done <- res
 		tc.prepareMissed(bg)
@@ -256,7 +267,7 @@ func (s *Store) runGroupTx(batch []*groupReq) (rest []*groupReq) {
 		}
 	} else {
 		for _, r := range ok {
-			r.done <- groupResult{}
+			r.done <- groupResult{committed: r.tx}
 		}
 	}
 	tc.prepareMissed(bg)
@@ -288,7 +299,10 @@ func (s *Store) runSavepoint(tc *txConn, r *groupReq) (res groupResult, lost err
 	if _, err := tc.ExecContext(bg, "SAVEPOINT grouped"); err != nil {
 		return groupResult{err: fmt.Errorf("store: start savepoint: %w", err)}, err
 	}
-	res = callGrouped(r.fn, &Tx{tx: tc, dialect: s.dialect})
+	// Each function has a Tx of its own (its AfterCommit hooks) over the
+	// shared transaction.
+	r.tx = &Tx{tx: tc, dialect: s.dialect}
+	res = callGrouped(r.fn, r.tx)
 	if res.err == nil && !res.panicked {
 		if _, err := tc.ExecContext(bg, "RELEASE grouped"); err != nil {
 			return groupResult{err: fmt.Errorf("store: release savepoint: %w", mapErr(err))}, err

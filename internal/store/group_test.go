@@ -375,3 +375,42 @@ func TestInTxGroupedCommitFailure(t *testing.T) {
 	require.NoError(t, st.InTx(ctx, func(tx *store.Tx) error { return groupInsert(ctx, tx, 101) }))
 	require.Equal(t, map[int]bool{100: true, 101: true}, groupKeys(t, st))
 }
+
+// TestInTxGroupedAfterCommit: AfterCommit hooks run after the shared
+// commit for just the functions that succeeded, in their callers.
+func TestInTxGroupedAfterCommit(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		groupTable(t, st)
+		const n = 40
+		var wg sync.WaitGroup
+		hooked := make([]atomic.Bool, n)
+		results := make([]error, n)
+		release := holdWriter(t, st)
+		for k := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[k] = st.InTxGrouped(ctx, func(tx *store.Tx) error {
+					tx.AfterCommit(func() { hooked[k].Store(true) })
+					if err := groupInsert(ctx, tx, k); err != nil {
+						return err
+					}
+					if k%3 == 0 {
+						return errGroupTest
+					}
+					return nil
+				})
+				// The hook has run by the time the call returns.
+				require.Equal(t, results[k] == nil, hooked[k].Load(), "key %d", k)
+			}()
+		}
+		release()
+		wg.Wait()
+		got := groupKeys(t, st)
+		for k := range n {
+			require.Equal(t, k%3 != 0, got[k], "key %d", k)
+			require.Equal(t, k%3 != 0, hooked[k].Load(), "key %d", k)
+		}
+	})
+}
