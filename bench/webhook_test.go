@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -345,6 +346,9 @@ func setUp(tb testing.TB) []target {
 		name := "trustflow-" + string(d)
 		dataDir := filepath.Join(tb.TempDir(), "data")
 		args := []string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "text"}
+		if dir := os.Getenv("BENCH_CPU_PROFILE_DIR"); dir != "" {
+			args = append(args, "--cpu-profile", filepath.Join(dir, name+".prof"))
+		}
 		if d == store.Postgres {
 			args = append(args, "--db", storetest.DatabaseURL(tb, d))
 		}
@@ -437,7 +441,14 @@ func start(tb testing.TB, name string, cmd *exec.Cmd, addrRe *regexp.Regexp, fro
 		exited <- fmt.Sprintf("%v\n%s", err, head.String())
 	}()
 	tb.Cleanup(func() {
-		// Kill fails only if the process has already exited, which Wait reports.
+		// A stop lets a profiling server write its profile; Kill fails only
+		// if the process has already exited, which Wait reports.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+			return
+		case <-time.After(10 * time.Second):
+		}
 		_ = cmd.Process.Kill()
 		<-exited
 	})

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -19,6 +21,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	var cfg config.Config
 	var logLevel string
 	var kekRefresh time.Duration
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the trustflow server: API, workers and scheduler",
@@ -35,6 +38,13 @@ func newServeCmd(g *globals) *cobra.Command {
 			logger := newLogger(g, cfg.LogFormat, level)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if cpuProfile != "" {
+				end, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer end()
+			}
 			a, err := app.New(ctx, cfg, app.Options{Logger: logger, Build: api.BuildInfo(g.build), Stderr: g.stderr, KEKRefresh: kekRefresh})
 			if err != nil {
 				return err
@@ -74,7 +84,27 @@ func newServeCmd(g *globals) *cobra.Command {
 	// documented behaviour.
 	f.DurationVar(&kekRefresh, "kek-refresh", 0, "how often to re-read the active key-encryption key id (default 2s)")
 	f.Lookup("kek-refresh").Hidden = true
+	// A CPU profile of the whole serve, written when it stops (SIGINT or
+	// SIGTERM): the webhook benchmark's profile. Hidden: a tool for
+	// measuring trustflow, not for running it.
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file until the server stops")
+	f.Lookup("cpu-profile").Hidden = true
 	return cmd
+}
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile %s: %w", path, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func newLogger(g *globals, format string, level slog.Level) *slog.Logger {

@@ -40,6 +40,10 @@ type Request struct {
 	// record: it is applied to each segment of the path and to the
 	// diagnosis's message and hint.
 	Redact func(string) string
+	// AuditTo, when set, receives the call's audit record instead of the
+	// audit log, for a caller that appends it in the transaction of its
+	// own change (a run's step checkpoint). The caller must append it.
+	AuditTo func(audit.Entry)
 }
 
 // Response is a call's answer.
@@ -246,7 +250,12 @@ func (s *Service) auditCall(ctx context.Context, c *client, req Request, what se
 	if actor.ID == "" {
 		actor = audit.System
 	}
-	return s.audit.Record(ctx, audit.Entry{Actor: actor, Action: "connector.call", Target: target, Outcome: outcome, Details: details})
+	entry := audit.Entry{Actor: actor, Action: "connector.call", Target: target, Outcome: outcome, Details: details}
+	if req.AuditTo != nil {
+		req.AuditTo(entry)
+		return nil
+	}
+	return s.audit.Record(ctx, entry)
 }
 
 // redactPath applies redact to each segment of a request path (a secret

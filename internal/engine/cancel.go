@@ -18,10 +18,14 @@ var errCancelling = errors.New("engine: the run is being cancelled")
 // cancelTree asks every sub-run of run root still queued, running or
 // sleeping, and theirs, to stop, inside tx: each is marked, audited as
 // run.cancel (naming the run it was cancelled with) and woken. Runs
-// already asked are left as they are, with their sub-runs.
+// already asked are left as they are, with their sub-runs. Every run row
+// is locked before the audit chain's head, parents before their sub-runs
+// (the order of every transaction of the engine on PostgreSQL, so that
+// none deadlocks another).
 func (e *Engine) cancelTree(ctx context.Context, tx *store.Tx, actor audit.Actor, root string) error {
 	now := e.clock.Now().UTC().Truncate(time.Microsecond)
 	parents := []string{root}
+	var entries []audit.Entry
 	for len(parents) > 0 {
 		pid := parents[0]
 		parents = parents[1:]
@@ -42,13 +46,16 @@ func (e *Engine) cancelTree(ctx context.Context, tx *store.Tx, actor audit.Actor
 				return err
 			}
 			details := map[string]any{"flow": r.FlowName, "status": r.Status, "parent_run": pid, "cancelled_with": root}
-			if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: details}); err != nil {
-				return err
-			}
+			entries = append(entries, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: details})
 			if err := e.wakeTx(ctx, tx, id); err != nil {
 				return err
 			}
 			parents = append(parents, id)
+		}
+	}
+	for _, en := range entries {
+		if _, err := e.audit.Append(ctx, tx, en); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -53,6 +53,9 @@ type lease struct {
 	// released is set once the lease was given up inside the transaction
 	// of the run's last change.
 	released bool
+	// fresh is the run as the transaction that started it under this
+	// lease inserted it.
+	fresh *store.Run
 }
 
 // dispatcher advances this node's share of the due runs.
@@ -63,6 +66,7 @@ type dispatcher struct {
 
 	mu       sync.Mutex
 	owned    map[string]string // owner -> run id: the leases this node holds
+	local    map[string]int    // run id -> advances of it under way here
 	failures map[string]int    // run id -> advances in a row that failed
 	// running is set from start to stop: only then does this node take
 	// runs (an engine that was never started only writes them).
@@ -82,7 +86,7 @@ func newDispatcher(e *Engine) *dispatcher {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &dispatcher{e: e, slots: make(chan struct{}, workers), wake: make(chan struct{}, 1),
-		owned: map[string]string{}, failures: map[string]int{}, ctx: ctx, cancel: cancel}
+		owned: map[string]string{}, local: map[string]int{}, failures: map[string]int{}, ctx: ctx, cancel: cancel}
 }
 
 func (d *dispatcher) start() {
@@ -116,6 +120,13 @@ func (d *dispatcher) stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// advancing reports whether the run is being advanced on this node.
+func (d *dispatcher) advancing(run string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.local[run] > 0
 }
 
 // poke makes the dispatcher look for due runs now.
@@ -167,6 +178,7 @@ func (d *dispatcher) begin(l *lease) bool {
 		return false
 	}
 	d.owned[l.owner] = l.run
+	d.local[l.run]++
 	d.wg.Add(1)
 	d.mu.Unlock()
 	go func() {
@@ -201,11 +213,22 @@ func (d *dispatcher) advance(l *lease) {
 	}
 	d.mu.Lock()
 	delete(d.owned, l.owner)
+	if d.local[l.run]--; d.local[l.run] <= 0 {
+		delete(d.local, l.run)
+	}
 	d.mu.Unlock()
 	if l.released {
 		return
 	}
-	next, yerr := d.e.st.YieldRun(context.WithoutCancel(ctx), l.run, l.owner, l.wakes, due, now)
+	var next *time.Time
+	var yerr error
+	for attempt := 0; attempt < 5; attempt++ {
+		next, yerr = d.e.st.YieldRun(context.WithoutCancel(ctx), l.run, l.owner, l.wakes, due, now)
+		if !store.IsDeadlock(yerr) {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
 	if yerr != nil {
 		// The lease expires and the run is taken over then.
 		d.e.log.Warn("release run lease", "run", l.run, "err", yerr)

@@ -115,7 +115,10 @@ type Engine struct {
 	docs map[string]*flow.Document // "name@version" -> parsed document
 
 	waitMu  sync.Mutex
-	waiters map[string][]chan struct{}
+	waiters map[string][]chan RunView
+	// ended rings the ids of the last runs that ended here unwaited for.
+	ended     []string
+	endedNext int
 
 	hookDummy webhookDummy
 
@@ -173,7 +176,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Node = id
 	}
 	e := &Engine{cfg: cfg, st: cfg.Store, audit: cfg.Audit, conns: cfg.Connectors, trust: cfg.Trust, clock: cfg.Clock, log: cfg.Logger,
-		docs: map[string]*flow.Document{}, waiters: map[string][]chan struct{}{}, work: newWorkSlots(), answers: newAnswerBudget(cfg.Limits), held: &heldState{budget: heldBudget(cfg.Limits)}}
+		docs: map[string]*flow.Document{}, waiters: map[string][]chan RunView{}, ended: make([]string, 64), work: newWorkSlots(), answers: newAnswerBudget(cfg.Limits), held: &heldState{budget: heldBudget(cfg.Limits)}}
 	e.d = newDispatcher(e)
 	q, err := queue.New(ctx, queue.Config{Store: cfg.Store, JobTimeout: cfg.JobTimeout, Logger: cfg.Logger,
 		OnSchedule: e.onSchedule, OnScan: e.Scan, ScanInterval: cfg.ScanInterval})
@@ -246,21 +249,52 @@ func (e *Engine) document(ctx context.Context, name string, version int) (*flow.
 	return d, nil
 }
 
-// notify wakes those waiting for a run to end.
-func (e *Engine) notify(runID string) {
+// notify hands a run's final view to those waiting for it to end on this
+// node (view nil: they read it from the database). With nobody waiting, the run is remembered as just ended (Wait,
+// subscribed a moment too late, then reads it from the database).
+func (e *Engine) notify(runID string, view func() RunView) {
 	e.waitMu.Lock()
 	ws := e.waiters[runID]
 	delete(e.waiters, runID)
+	if len(ws) == 0 {
+		e.ended[e.endedNext%len(e.ended)] = runID
+		e.endedNext++
+	}
 	e.waitMu.Unlock()
+	if len(ws) == 0 {
+		return
+	}
+	var v *RunView
+	if view != nil {
+		rv := view()
+		v = &rv
+	}
 	for _, w := range ws {
+		if v != nil {
+			w <- *v
+		}
 		close(w)
 	}
 }
 
-// subscribe returns a channel closed when the run ends on this node, and
-// a function that forgets the subscription (always call it).
-func (e *Engine) subscribe(runID string) (chan struct{}, func()) {
-	ch := make(chan struct{})
+// justEnded reports whether the run ended on this node without a waiter a
+// moment ago.
+func (e *Engine) justEnded(runID string) bool {
+	e.waitMu.Lock()
+	defer e.waitMu.Unlock()
+	for _, id := range e.ended {
+		if id == runID {
+			return true
+		}
+	}
+	return false
+}
+
+// subscribe returns a channel that receives the run's final view when it
+// ends on this node, and a function that forgets the subscription (always
+// call it).
+func (e *Engine) subscribe(runID string) (chan RunView, func()) {
+	ch := make(chan RunView, 1)
 	e.waitMu.Lock()
 	e.waiters[runID] = append(e.waiters[runID], ch)
 	e.waitMu.Unlock()

@@ -42,16 +42,23 @@ func (e *Engine) advance(ctx context.Context, l *lease) error {
 			return snooze(keysRetry)
 		}
 	}
-	r, err := e.st.Run(ctx, l.run)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	} else if err != nil {
-		return err
+	var r store.Run
+	if l.fresh != nil {
+		// Started by this node a moment ago: nothing to read back.
+		r = *l.fresh
+	} else {
+		var err error
+		r, err = e.st.Run(ctx, l.run)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
 	}
 	if terminal(r.Status) {
 		return nil
 	}
-	x, err := e.newExecution(ctx, r)
+	x, err := e.newExecution(ctx, r, l.fresh != nil)
 	if errors.Is(err, seal.ErrUnknownKEK) {
 		// Sealed by a KEK this node does not hold yet (a rotation on
 		// another node): a rotation must never fail a run.
@@ -90,6 +97,13 @@ type execution struct {
 	warnFull sync.Once
 	// lease is this advance's hold on the run.
 	lease *lease
+	// pendSteps and pendAudit are the checkpoints and the calls' audit
+	// records written since the last commit (commit), in order; flushMu
+	// serialises commits.
+	pendSteps []store.Step
+	pendAudit []audit.Entry
+	flushMu   sync.Mutex
+	txPending *pendingWrites // the commit under way's, while flushMu is held
 
 	mu  sync.Mutex
 	cps map[string]store.Step
@@ -99,7 +113,9 @@ type execution struct {
 	stateBytes int64
 }
 
-func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, error) {
+// newExecution prepares an advance of r; fresh says r has just been
+// inserted (it has no checkpoints yet).
+func (e *Engine) newExecution(ctx context.Context, r store.Run, fresh bool) (*execution, error) {
 	doc, err := e.document(ctx, r.FlowName, r.FlowVersion)
 	if err != nil {
 		return nil, err
@@ -108,9 +124,11 @@ func (e *Engine) newExecution(ctx context.Context, r store.Run) (*execution, err
 	if err != nil {
 		return nil, err
 	}
-	steps, err := e.st.Steps(ctx, r.ID)
-	if err != nil {
-		return nil, err
+	var steps []store.Step
+	if !fresh {
+		if steps, err = e.st.Steps(ctx, r.ID); err != nil {
+			return nil, err
+		}
 	}
 	x := &execution{e: e, run: r, doc: doc, input: input, cps: map[string]store.Step{},
 		deadline: e.clock.Now().Add(e.cfg.Budget),
@@ -307,13 +325,99 @@ func (x *execution) save(ctx context.Context, cp store.Step) error {
 		}
 		stored.State, stored.StateKEKID = store.EncodeSealedText(blob), kek
 	}
-	if err := x.e.st.InTx(ctx, func(tx *store.Tx) error { return tx.PutStep(ctx, stored) }); err != nil {
-		return err
-	}
 	x.mu.Lock()
+	x.pendSteps = append(x.pendSteps, stored)
 	x.account(cp)
 	x.cps[cp.Path] = cp
 	x.mu.Unlock()
+	return nil
+}
+
+// stageAudit keeps a call's audit record for the next commit.
+func (x *execution) stageAudit(e audit.Entry) {
+	x.mu.Lock()
+	x.pendAudit = append(x.pendAudit, e)
+	x.mu.Unlock()
+}
+
+// commit writes, in one transaction, the checkpoints and audit records
+// written since the last commit and fn's change (fn may be nil). A step's
+// checkpoint is thereby committed with the change that follows it (the
+// next step's start, a pause, the run's end) rather than on its own; it is
+// always committed before the run's next call, sub-run, or sleep, so no
+// effect outside the run depends on a step whose checkpoint could be lost.
+//
+// The transaction locks the run's row first (its parent's before it when
+// lockParent, as the end of a sub-run wakes its parent), then what fn
+// locks, and the audit chain's head last: on PostgreSQL every transaction
+// of the engine locks in that order, so none deadlocks another.
+func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *store.Tx) error) error {
+	x.flushMu.Lock()
+	defer x.flushMu.Unlock()
+	x.mu.Lock()
+	p := &pendingWrites{steps: x.pendSteps, entries: x.pendAudit}
+	x.mu.Unlock()
+	if len(p.steps) == 0 && len(p.entries) == 0 && fn == nil {
+		return nil
+	}
+	x.txPending = p
+	defer func() { x.txPending = nil }()
+	// Concurrent runs' commits share transactions (store.InTxGrouped); each
+	// returns only once its own is durable.
+	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
+		p.written = false
+		if tx.Dialect() == store.Postgres {
+			if lockParent && x.run.ParentRunID != "" {
+				if _, err := tx.RunForUpdate(ctx, x.run.ParentRunID); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+			if _, err := tx.RunForUpdate(ctx, x.run.ID); err != nil {
+				return err
+			}
+		}
+		if fn != nil {
+			if err := fn(tx); err != nil {
+				return err
+			}
+		}
+		return x.writePending(ctx, tx)
+	})
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.pendSteps, x.pendAudit = x.pendSteps[len(p.steps):], x.pendAudit[len(p.entries):]
+	x.mu.Unlock()
+	return nil
+}
+
+// pendingWrites are what one commit writes besides its change.
+type pendingWrites struct {
+	steps   []store.Step
+	entries []audit.Entry
+	written bool
+}
+
+// writePending writes the commit's checkpoints and audit records into tx,
+// once: a change that appends audit records of its own calls it first, so
+// that the chain has the calls before what followed them.
+func (x *execution) writePending(ctx context.Context, tx *store.Tx) error {
+	p := x.txPending
+	if p == nil || p.written {
+		return nil
+	}
+	p.written = true
+	for _, st := range p.steps {
+		if err := tx.PutStep(ctx, st); err != nil {
+			return err
+		}
+	}
+	for _, e := range p.entries {
+		if _, err := x.e.audit.Append(ctx, tx, e); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -705,7 +809,7 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 			in, marked = m, ev.SecretKeys
 		}
 		var child store.Run
-		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+		err := x.commit(ctx, false, func(tx *store.Tx) error {
 			if err := x.stillWanted(ctx, tx); err != nil {
 				return err
 			}
@@ -808,6 +912,11 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 			}
 		}
 	}
+	// What the run did so far is committed before the request leaves.
+	if err := x.commit(ctx, false, nil); err != nil {
+		return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+	}
+	req.AuditTo = x.stageAudit
 	x.e.work.give() // not while it waits for the server
 	held, ok := x.e.answers.take(ctx, int64(len(req.Body))+req.MaxResponseBytes)
 	if !ok {
@@ -853,16 +962,18 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 			retryable = true
 		}
 	case !c.Accepts(resp.Status):
-		result := callResult(resp, x.e.clock.Now().Sub(start))
+		evidence := encode(resp.Evidence)
+		result := callResult(resp, evidence, x.e.clock.Now().Sub(start))
 		partial = map[string]any{"status": result["status"], "headers": result["headers"], "body": result["body"]}
-		cp.Evidence = encode(resp.Evidence)
+		cp.Evidence = evidence
 		rerr = &RunError{Code: "http_status", Status: resp.Status, Message: fmt.Sprintf("%s %s answered %d, which is not an expected status", strings.ToUpper(req.Method), fmt.Sprint(pv.Masked), resp.Status),
 			Hint: "add the status to the step's expect list if it is fine"}
 		retryable = retryableStatus[resp.Status]
 		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), x.e.clock.Now())
 	default:
-		result := callResult(resp, x.e.clock.Now().Sub(start))
-		cp.Status, cp.Output, cp.Evidence = StepSucceeded, encode(result), encode(resp.Evidence)
+		evidence := encode(resp.Evidence)
+		result := callResult(resp, evidence, x.e.clock.Now().Sub(start))
+		cp.Status, cp.Output, cp.Evidence = StepSucceeded, encode(result), evidence
 		return x.completeStep(ctx, s, cp, sc)
 	}
 	if retryable && cp.Attempts < s.Retry.MaxAttempts {
@@ -883,8 +994,8 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 
 // callResult is a call step's result: status, headers with lower-case
 // names, the body parsed when it is JSON, the handshake evidence as tls,
-// and the duration.
-func callResult(resp *connector.Response, d time.Duration) map[string]any {
+// and the duration. evidence is resp.Evidence encoded.
+func callResult(resp *connector.Response, evidence string, d time.Duration) map[string]any {
 	headers := map[string]any{}
 	for k, vs := range resp.Header {
 		lk := strings.ToLower(k)
@@ -904,7 +1015,7 @@ func callResult(resp *connector.Response, d time.Duration) map[string]any {
 	out := map[string]any{"status": int64(resp.Status), "headers": headers, "body": body, "duration_ms": d.Milliseconds()}
 	if resp.Evidence != nil {
 		var ev map[string]any
-		if err := json.Unmarshal([]byte(encode(resp.Evidence)), &ev); err == nil {
+		if err := json.Unmarshal([]byte(evidence), &ev); err == nil {
 			out["tls"] = ev
 		}
 	}
@@ -1012,18 +1123,18 @@ func (x *execution) pause(ctx context.Context, out outcome) error {
 	if out.sleeping && *out.pause > 0 {
 		status = StatusSleeping
 	}
-	if status != x.run.Status {
-		ctx := context.WithoutCancel(ctx)
-		due := x.e.clock.Now().Add(*out.pause)
-		err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+	ctx = context.WithoutCancel(ctx)
+	due := x.e.clock.Now().Add(*out.pause)
+	err := x.commit(ctx, false, func(tx *store.Tx) error {
+		if status != x.run.Status {
 			if err := x.setStatusTx(ctx, tx, status); err != nil {
 				return err
 			}
-			return x.yieldTx(ctx, tx, &due)
-		})
-		if err != nil {
-			return err
 		}
+		return x.yieldTx(ctx, tx, &due)
+	})
+	if err != nil {
+		return err
 	}
 	return snooze(*out.pause)
 }
@@ -1052,7 +1163,7 @@ func (x *execution) fail(ctx context.Context, rerr *RunError) error {
 	// The error is stored, audited, shown and sent with run.failed: no
 	// secret input may be in it.
 	rerr = x.redactError(rerr)
-	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+	err := x.commit(ctx, false, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, x.run.ID)
 		if err != nil {
 			return err
@@ -1093,12 +1204,13 @@ func (x *execution) onError(ctx context.Context, sc *scope) error {
 func (x *execution) finish(ctx context.Context, status string, output any, rerr *RunError) error {
 	ctx = context.WithoutCancel(ctx)
 	rerr = x.redactError(rerr)
-	err := x.e.st.InTx(ctx, func(tx *store.Tx) error {
+	err := x.commit(ctx, true, func(tx *store.Tx) error {
 		r, err := tx.RunForUpdate(ctx, x.run.ID)
 		if err != nil {
 			return err
 		}
 		if terminal(r.Status) {
+			x.run = r
 			return x.yieldTx(ctx, tx, nil)
 		}
 		now := x.e.clock.Now().UTC().Truncate(time.Microsecond)
@@ -1121,6 +1233,9 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 			return err
 		}
 		if err := x.yieldTx(ctx, tx, nil); err != nil {
+			return err
+		}
+		if err := x.writePending(ctx, tx); err != nil {
 			return err
 		}
 		details := map[string]any{"flow": r.FlowName, "version": r.FlowVersion, "status": status}
@@ -1149,8 +1264,25 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 	if err != nil {
 		return err
 	}
-	x.e.notify(x.run.ID)
+	if status == StatusCancelled {
+		// Its unfinished steps were ended in the database (endCancelled).
+		x.e.notify(x.run.ID, nil)
+	} else {
+		x.e.notify(x.run.ID, x.view)
+	}
 	return nil
+}
+
+// view is the run's view as GetRun would read it once it has ended.
+func (x *execution) view() RunView {
+	x.mu.Lock()
+	steps := make([]store.Step, 0, len(x.cps))
+	for _, cp := range x.cps {
+		steps = append(steps, cp)
+	}
+	x.mu.Unlock()
+	sort.Slice(steps, func(i, j int) bool { return steps[i].Seq < steps[j].Seq })
+	return runView(x.run, steps)
 }
 
 // emitTx starts, inside tx, a run of every flow whose trigger is the event.

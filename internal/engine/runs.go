@@ -62,7 +62,7 @@ func runAAD(id string) []byte { return store.RunInputAAD(id) }
 func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error) {
 	var out RunView
 	err := e.startInline(func(l *lease) error {
-		return e.st.InTx(ctx, func(tx *store.Tx) error {
+		return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
 			r, err := e.startRunTx(ctx, tx, req, l)
 			if err != nil {
 				return err
@@ -194,7 +194,7 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 		return store.Run{}, err
 	}
 	if l != nil {
-		l.run = id
+		l.run, l.fresh = id, &r
 	} else if err := e.dueTx(ctx, tx); err != nil {
 		return store.Run{}, err
 	}
@@ -314,22 +314,39 @@ func (e *Engine) ListRuns(ctx context.Context, f RunFilter) ([]RunView, error) {
 	return out, nil
 }
 
-// Wait waits until the run ends or ctx is done, and returns it.
+// Wait waits until the run ends or ctx is done, and returns it. A run
+// being advanced on this node hands its final view over when it ends; any
+// other is read from the database (another node may finish it).
 func (e *Engine) Wait(ctx context.Context, id string) (RunView, error) {
-	for {
+	for first := true; ; first = false {
 		ch, unsubscribe := e.subscribe(id)
-		v, err := e.GetRun(ctx, id)
-		if err != nil || terminal(v.Status) {
-			unsubscribe()
-			return v, err
+		var v RunView
+		if first && e.d.advancing(id) && !e.justEnded(id) {
+			v.ID, v.Status = id, StatusRunning
+		} else {
+			var err error
+			v, err = e.GetRun(ctx, id)
+			if err != nil || terminal(v.Status) {
+				unsubscribe()
+				return v, err
+			}
 		}
 		t := time.NewTimer(500 * time.Millisecond) // another node may finish it
 		select {
-		case <-ch:
+		case done, ok := <-ch:
+			if ok {
+				t.Stop()
+				unsubscribe()
+				return done, nil
+			}
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 			unsubscribe()
+			if v.Flow == "" {
+				// Not read yet: the caller gets the run as it stands.
+				return e.GetRun(context.WithoutCancel(ctx), id)
+			}
 			return v, nil
 		}
 		t.Stop()
@@ -374,11 +391,12 @@ func (e *Engine) cancelOnce(ctx context.Context, actor audit.Actor, id string) e
 		if err := tx.UpdateRun(ctx, r); err != nil {
 			return err
 		}
-		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "status": r.Status}}); err != nil {
+		// Its sub-runs, and theirs, stop with it (their rows are locked
+		// before the audit chain's head: cancelTree).
+		if err := e.cancelTree(ctx, tx, actor, id); err != nil {
 			return err
 		}
-		// Its sub-runs, and theirs, stop with it.
-		if err := e.cancelTree(ctx, tx, actor, id); err != nil {
+		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: actor, Action: "run.cancel", Target: "run/" + id, Details: map[string]any{"flow": r.FlowName, "status": r.Status}}); err != nil {
 			return err
 		}
 		// Wake the run so that a sleeping one is cancelled now.

@@ -330,7 +330,7 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 	var out WebhookRun
 	var duplicate string
 	err := e.startInline(func(l *lease) error {
-		return e.st.InTx(ctx, func(tx *store.Tx) error {
+		return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
 			duplicate = ""
 			head, err := tx.FlowByName(ctx, req.Flow)
 			if errors.Is(err, store.ErrNotFound) {

@@ -8,3 +8,6 @@ ALTER TABLE runs ADD COLUMN due_at BIGINT;
 ALTER TABLE runs ADD COLUMN wakes BIGINT NOT NULL DEFAULT 0;
 UPDATE runs SET due_at = updated_at WHERE status IN ('queued', 'running', 'sleeping');
 CREATE INDEX runs_due ON runs (due_at) WHERE due_at IS NOT NULL;
+-- Counting a flow's runs in flight (settings.concurrency, --max-runs-in-flight)
+-- reads only those runs.
+CREATE INDEX runs_flow_status ON runs (flow_name, status);
