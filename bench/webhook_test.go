@@ -53,6 +53,19 @@ steps:
 output: ${steps.get.body}
 `
 
+// benchFastFlow is benchFlow with durability: none: the run is in memory
+// until it ends, then recorded (run, step, audit records) in one commit.
+const benchFastFlow = `apiVersion: trustflow/v1
+kind: Flow
+name: bench-fast
+trigger: {webhook: {auth: token}}
+settings: {durability: none}
+steps:
+  - id: get
+    call: {connector: up, method: GET, path: /x}
+output: ${steps.get.body}
+`
+
 // target is one server under load.
 type target struct {
 	name   string
@@ -356,6 +369,9 @@ func setUp(tb testing.TB) []target {
 			regexp.MustCompile(`msg="trustflow serving" addr=(\S+)`), false)
 		bearer := configure(tb, addr, dataDir, up.URL, ca, clientLeaf)
 		targets = append(targets, target{name: name, url: addr + "/hooks/bench?wait=30s", bearer: bearer, pid: pid, durable: true, postgres: d == store.Postgres})
+		if d == store.SQLite {
+			targets = append(targets, target{name: name + "-none", url: addr + "/hooks/bench-fast?wait=30s", bearer: bearer, pid: pid, durable: true})
+		}
 	}
 	return targets
 }
@@ -381,7 +397,7 @@ func configure(tb testing.TB, addr, dataDir, upstream string, ca *truststoretest
 	require.NoError(tb, err)
 	_, err = c.CreateConnector(ctx, apiclient.ConnectorSpec{Name: "up", URL: upstream, Auth: "mtls", Identity: "bench-client", CAs: []string{"bench-ca"}})
 	require.NoError(tb, err)
-	_, err = c.ApplyFlows(ctx, []apiclient.FlowSource{{Filename: "bench.yaml", Source: benchFlow}})
+	_, err = c.ApplyFlows(ctx, []apiclient.FlowSource{{Filename: "bench.yaml", Source: benchFlow}, {Filename: "bench-fast.yaml", Source: benchFastFlow}})
 	require.NoError(tb, err)
 	tok, err := c.CreateToken(ctx, apiclient.CreateTokenRequest{Name: "bench-webhook", Role: "operator"})
 	require.NoError(tb, err)

@@ -77,6 +77,10 @@ type node struct {
 	addr    string
 	logPath string
 
+	// defaults, when set, starts the node with the server's default
+	// --job-timeout and --rescue-after.
+	defaults bool
+
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -112,8 +116,10 @@ func (n *node) start() {
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	require.NoError(n.t, err)
 	defer logf.Close()
-	args := []string{"serve", "--data-dir", n.dataDir, "--listen", n.addr, "--log-level", "warn",
-		"--workers", fmt.Sprint(procWorkers), "--job-timeout", procJobTimeout.String(), "--rescue-after", procRescueAfter.String()}
+	args := []string{"serve", "--data-dir", n.dataDir, "--listen", n.addr, "--log-level", "warn", "--workers", fmt.Sprint(procWorkers)}
+	if !n.defaults {
+		args = append(args, "--job-timeout", procJobTimeout.String(), "--rescue-after", procRescueAfter.String())
+	}
 	if n.db != "" {
 		args = append(args, "--db", n.db)
 	}
@@ -389,8 +395,16 @@ steps:
 output: {n: "${input.n}"}
 `
 
+// failoverBound is how soon, at the server's default settings, a run that
+// a killed node was advancing makes progress on another: the lease outlives
+// its last renewal by --rescue-after (10s), and the other node looks for
+// expired leases every second.
+const failoverBound = 15 * time.Second
+
 // TestTwoNodesShareTheWork kills one of two nodes on one PostgreSQL in the
-// middle of its runs: the other finishes every one.
+// middle of its runs, both at the server's default settings: the other
+// finishes every one, and every run the dead node held makes progress
+// again within failoverBound.
 func TestTwoNodesShareTheWork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills trustflow processes")
@@ -404,8 +418,10 @@ func TestTwoNodesShareTheWork(t *testing.T) {
 	// Both nodes read the same key-encryption key (the data dir's).
 	data := t.TempDir()
 	a := newNode(t, bin, data, db)
+	a.defaults = true
 	a.start()
 	b := newNode(t, bin, data, db)
+	b.defaults = true
 	b.start()
 	ca1 := a.client()
 	setupRemote(t, ca1, ca, dir)
@@ -429,14 +445,17 @@ func TestTwoNodesShareTheWork(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "no run started sleeping")
 		time.Sleep(20 * time.Millisecond)
 	}
+	killed := time.Now()
 	a.kill()
 	cb := b.client()
 	open := 0
+	var openIDs []string
 	for _, id := range ids {
 		r, err := cb.GetRun(ctx, id)
 		require.NoError(t, err)
 		if r.Status != "succeeded" {
 			open++
+			openIDs = append(openIDs, id)
 		}
 	}
 	require.Positive(t, open, "the runs were under way when node a died")
@@ -453,5 +472,21 @@ func TestTwoNodesShareTheWork(t *testing.T) {
 			require.NotZero(t, dir.count(id+"/"+p), "run %s step %s", id, p)
 		}
 	}
-	t.Logf("node b finished %d open runs %s after node a died", open, time.Since(began).Round(time.Millisecond))
+	// Every open run moved on after the kill (a step finished) within the
+	// bound: those node a held, once their leases expired; the others
+	// (sleeping, with no lease) when due.
+	var slowest time.Duration
+	for _, id := range openIDs {
+		var next time.Time
+		for _, s := range done[id].Steps {
+			if s.FinishedAt != nil && s.FinishedAt.After(killed) && (next.IsZero() || s.FinishedAt.Before(next)) {
+				next = *s.FinishedAt
+			}
+		}
+		require.False(t, next.IsZero(), "run %s made no progress after the kill", id)
+		slowest = max(slowest, next.Sub(killed))
+	}
+	t.Logf("node b finished %d open runs %s after node a died; the slowest moved on %s after the kill (bound %s)",
+		open, time.Since(began).Round(time.Millisecond), slowest.Round(time.Millisecond), failoverBound)
+	require.LessOrEqual(t, slowest, failoverBound, "a run of the dead node waited longer than the lease allows")
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trustflow/trustflow/internal/audit"
 	"github.com/trustflow/trustflow/internal/store"
 )
 
@@ -54,8 +55,11 @@ type lease struct {
 	// of the run's last change.
 	released bool
 	// fresh is the run as the transaction that started it under this
-	// lease inserted it.
+	// lease inserted it (or, with unrecorded, as it starts in memory).
 	fresh *store.Run
+	// unrecorded, for a run of a flow with durability: none, is its
+	// run.start record: the run is not written until its first commit.
+	unrecorded *audit.Entry
 }
 
 // dispatcher advances this node's share of the due runs.
@@ -218,6 +222,18 @@ func (d *dispatcher) advance(l *lease) {
 	}
 	d.mu.Unlock()
 	if l.released {
+		return
+	}
+	if l.unrecorded != nil {
+		// Started in memory and never recorded: record it now, or it is
+		// lost.
+		at := now
+		if due != nil {
+			at = *due
+		}
+		if err := d.e.recordLate(context.WithoutCancel(ctx), l, at); err != nil {
+			d.e.log.Error("record a run that started in memory", "run", l.run, "err", err)
+		}
 		return
 	}
 	var next *time.Time

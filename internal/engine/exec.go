@@ -357,7 +357,10 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	x.mu.Lock()
 	p := &pendingWrites{steps: x.pendSteps, entries: x.pendAudit}
 	x.mu.Unlock()
-	if len(p.steps) == 0 && len(p.entries) == 0 && fn == nil {
+	unrecorded := x.lease != nil && x.lease.unrecorded != nil
+	if (len(p.steps) == 0 && len(p.entries) == 0 || unrecorded) && fn == nil {
+		// A run in memory (durability: none) writes nothing before it ends
+		// or first waits.
 		return nil
 	}
 	x.txPending = p
@@ -366,6 +369,12 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	// returns only once its own is durable.
 	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
 		p.written = false
+		if unrecorded {
+			// The run's first commit records it, as it started.
+			if err := x.e.recordStart(ctx, tx, x.lease, x.run); err != nil {
+				return err
+			}
+		}
 		if tx.Dialect() == store.Postgres {
 			if lockParent && x.run.ParentRunID != "" {
 				if _, err := tx.RunForUpdate(ctx, x.run.ParentRunID); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -389,6 +398,39 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	x.mu.Lock()
 	x.pendSteps, x.pendAudit = x.pendSteps[len(p.steps):], x.pendAudit[len(p.entries):]
 	x.mu.Unlock()
+	if unrecorded {
+		x.lease.unrecorded = nil
+	}
+	return nil
+}
+
+// recordStart writes, inside tx, a run that started in memory under l: the
+// run r as it started and its run.start record.
+func (e *Engine) recordStart(ctx context.Context, tx *store.Tx, l *lease, r store.Run) error {
+	if err := tx.InsertRun(ctx, r); err != nil {
+		return err
+	}
+	_, err := e.audit.Append(ctx, tx, *l.unrecorded)
+	return err
+}
+
+// recordLate records a run that started in memory and yields before its
+// first commit (its node lacked a key or room for its state, or its advance
+// failed): it is written as it started, due again at due, its lease given
+// up.
+func (e *Engine) recordLate(ctx context.Context, l *lease, due time.Time) error {
+	r := *l.fresh
+	r.LeaseOwner, r.LeaseUntil, r.DueAt = "", time.Time{}, &due
+	err := e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
+		if err := e.recordStart(ctx, tx, l, r); err != nil {
+			return err
+		}
+		return e.dueTx(ctx, tx)
+	})
+	if err != nil {
+		return err
+	}
+	l.unrecorded, l.released = nil, true
 	return nil
 }
 

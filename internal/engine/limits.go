@@ -252,7 +252,13 @@ func pathBack(calls map[string][]string, from, to string) []string {
 // checkStart refuses a start over the flow's runs-in-flight limit, or a
 // sub-run nested deeper than the sub-flow depth allows, for the flow's own
 // limit and every calling run's.
-func (e *Engine) checkStart(ctx context.Context, tx *store.Tx, name string, d *flow.Document, parent string) error {
+// runCounter counts a flow's runs: a transaction, or the store itself for
+// a run that starts in memory.
+type runCounter interface {
+	CountRuns(ctx context.Context, flow string, statuses ...string) (int, error)
+}
+
+func (e *Engine) checkStart(ctx context.Context, tx runCounter, name string, d *flow.Document, parent string) error {
 	lim := e.cfg.Limits.of(d)
 	n, err := tx.CountRuns(ctx, name, StatusQueued, StatusRunning, StatusSleeping)
 	if err != nil {

@@ -60,6 +60,9 @@ func runAAD(id string) []byte { return store.RunInputAAD(id) }
 // and advanced. When this node has a worker free, the run is leased to it in
 // that transaction and advanced at once.
 func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error) {
+	if v, ok, err := e.startInMemory(ctx, req, nil); ok {
+		return v, err
+	}
 	var out RunView
 	err := e.startInline(func(l *lease) error {
 		return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
@@ -127,6 +130,43 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	if err != nil {
 		return store.Run{}, err
 	}
+	p, err := e.prepareRun(head, d, req)
+	if err != nil {
+		return store.Run{}, err
+	}
+	if err := e.checkStart(ctx, tx, head.Name, d, req.ParentRun); err != nil {
+		return store.Run{}, err
+	}
+	r := p.run
+	if l != nil {
+		r.LeaseOwner, r.LeaseUntil = l.owner, r.CreatedAt.Add(e.cfg.LeaseTTL)
+		if d.Settings.Concurrency == 0 {
+			r.Status, r.StartedAt = StatusRunning, &r.CreatedAt
+		}
+	}
+	if err := tx.InsertRun(ctx, r); err != nil {
+		return store.Run{}, err
+	}
+	if _, err := e.audit.Append(ctx, tx, p.started); err != nil {
+		return store.Run{}, err
+	}
+	if l != nil {
+		l.run, l.fresh = r.ID, &r
+	} else if err := e.dueTx(ctx, tx); err != nil {
+		return store.Run{}, err
+	}
+	return r, nil
+}
+
+// preparedRun is a run checked and built, not yet written.
+type preparedRun struct {
+	run     store.Run
+	started audit.Entry // its run.start record
+}
+
+// prepareRun checks a run's input against the flow and builds the run (its
+// input sealed) and its run.start record.
+func (e *Engine) prepareRun(head store.Flow, d *flow.Document, req StartRequest) (preparedRun, error) {
 	in := req.Input
 	if in == nil {
 		in = map[string]any{}
@@ -136,16 +176,13 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	if err != nil {
 		if ve, ok := errs.As(err); ok && ve.Code == flow.CodeInvalidInput {
 			// The input does not match the flow's inputs: name each problem.
-			return store.Run{}, inputError(ve.Problems)
+			return preparedRun{}, inputError(ve.Problems)
 		}
-		return store.Run{}, err
-	}
-	if err := e.checkStart(ctx, tx, head.Name, d, req.ParentRun); err != nil {
-		return store.Run{}, err
+		return preparedRun{}, err
 	}
 	id, err := newID("run_")
 	if err != nil {
-		return store.Run{}, err
+		return preparedRun{}, err
 	}
 	var inherit *carried
 	if req.ParentRun != "" {
@@ -153,12 +190,12 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	}
 	raw, err := encodeRunInput(checked, inherit)
 	if err != nil {
-		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
+		return preparedRun{}, fmt.Errorf("engine: encode input: %w", err)
 	}
 	sealed, kek, err := e.trust.SealSecret(raw, runAAD(id))
 	clear(raw)
 	if err != nil {
-		return store.Run{}, err
+		return preparedRun{}, err
 	}
 	red := newRedactor()
 	red.add(secretValues(sec, checked)...)
@@ -166,7 +203,7 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	shown, _ := red.value(sec.RedactInput(checked))
 	redacted, err := json.Marshal(shown)
 	if err != nil {
-		return store.Run{}, fmt.Errorf("engine: encode input: %w", err)
+		return preparedRun{}, fmt.Errorf("engine: encode input: %w", err)
 	}
 	trigger := req.Trigger
 	if trigger == "" {
@@ -176,29 +213,63 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	r := store.Run{ID: id, FlowName: head.Name, FlowVersion: head.CurrentVersion, Status: StatusQueued, TriggerKind: trigger,
 		Input: string(redacted), InputSealed: sealed, KEKID: kek, ParentRunID: req.ParentRun, ParentStep: req.ParentStep,
 		CreatedBy: req.Actor.ID, CreatedAt: now, UpdatedAt: now, DueAt: &now}
-	if l != nil {
-		r.LeaseOwner, r.LeaseUntil = l.owner, now.Add(e.cfg.LeaseTTL)
-		if d.Settings.Concurrency == 0 {
-			r.Status, r.StartedAt = StatusRunning, &now
-		}
-	}
-	if err := tx.InsertRun(ctx, r); err != nil {
-		return store.Run{}, err
-	}
 	details := map[string]any{"flow": head.Name, "version": head.CurrentVersion, "trigger": trigger}
 	if req.ParentRun != "" {
 		details["parent_run"] = req.ParentRun
 		details["parent_step"] = req.ParentStep
 	}
-	if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "run.start", Target: "run/" + id, Details: details}); err != nil {
-		return store.Run{}, err
+	return preparedRun{run: r, started: audit.Entry{Actor: req.Actor, Action: "run.start", Target: "run/" + id, Details: details}}, nil
+}
+
+// startInMemory starts, without writing anything yet, a top-level run of
+// a flow with settings.durability: none on a worker of this node: the run
+// is recorded, whole, when it ends (or first waits: a sleep, a retry's
+// backoff, a sub-run). ok is false when the run must be started durably
+// instead: the flow is durable or bounds its concurrency, the run is a
+// schedule's, or no worker is free. check, when set, vets the flow first (a webhook's trigger).
+func (e *Engine) startInMemory(ctx context.Context, req StartRequest, check func(store.Flow) error) (v RunView, ok bool, err error) {
+	head, err := e.st.FlowByName(ctx, req.Flow)
+	if err != nil {
+		// The durable start reports it, inside its transaction.
+		return RunView{}, false, nil
 	}
-	if l != nil {
-		l.run, l.fresh = id, &r
-	} else if err := e.dueTx(ctx, tx); err != nil {
-		return store.Run{}, err
+	d, err := e.document(ctx, head.Name, head.CurrentVersion)
+	switch req.Trigger {
+	case "", "manual", "webhook":
+	default:
+		// A schedule's tick happens once: its run is recorded at once.
+		return RunView{}, false, nil
 	}
-	return r, nil
+	if err != nil || !d.Settings.InMemory() || d.Settings.Concurrency > 0 || req.ParentRun != "" {
+		return RunView{}, false, nil
+	}
+	if check != nil {
+		if err := check(head); err != nil {
+			return RunView{}, true, err
+		}
+	}
+	if !e.d.trySlot() {
+		return RunView{}, false, nil
+	}
+	l, err := e.d.newLease("")
+	if err != nil {
+		e.d.giveSlot()
+		return RunView{}, true, err
+	}
+	p, err := e.prepareRun(head, d, req)
+	if err == nil {
+		err = e.checkStart(ctx, e.st, head.Name, d, "")
+	}
+	if err != nil {
+		e.d.giveSlot()
+		return RunView{}, true, err
+	}
+	r := p.run
+	r.Status, r.StartedAt = StatusRunning, &r.CreatedAt
+	r.LeaseOwner, r.LeaseUntil = l.owner, r.CreatedAt.Add(e.cfg.LeaseTTL)
+	l.run, l.fresh, l.unrecorded = r.ID, &r, &p.started
+	e.d.begin(l)
+	return runView(r, nil), true, nil
 }
 
 // RunView is a run's public view.
@@ -326,6 +397,10 @@ func (e *Engine) Wait(ctx context.Context, id string) (RunView, error) {
 		} else {
 			var err error
 			v, err = e.GetRun(ctx, id)
+			if errs.KindOf(err) == errs.NotFound && e.d.advancing(id) {
+				// Run in memory (durability: none), not recorded yet.
+				v, err = RunView{ID: id, Status: StatusRunning}, nil
+			}
 			if err != nil || terminal(v.Status) {
 				unsubscribe()
 				return v, err

@@ -327,6 +327,16 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 	if req.Proof != nil && req.Proof.flow != req.Flow {
 		return WebhookRun{}, fmt.Errorf("engine: a webhook proof for flow %q used for flow %q", req.Proof.flow, req.Flow)
 	}
+	if req.Proof == nil && req.Delivery == "" {
+		// Nothing to remember about the request: a flow with durability:
+		// none runs it in memory. (A signed request's MACs and a delivery
+		// id are committed before the run starts, so such a run is
+		// recorded at once.)
+		v, ok, err := e.startInMemory(ctx, StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor}, webhookTrigger(req))
+		if ok {
+			return WebhookRun{Run: v}, err
+		}
+	}
 	var out WebhookRun
 	var duplicate string
 	err := e.startInline(func(l *lease) error {
@@ -338,10 +348,8 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 			} else if err != nil {
 				return err
 			}
-			kind, auth, _ := strings.Cut(head.TriggerKind, ":")
-			if kind != "webhook" || (req.Proof != nil && auth != "hmac") {
-				return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", req.Flow),
-					Hint: "set trigger: {webhook: {auth: token}} (or auth: hmac) in the flow"}
+			if err := webhookTrigger(req)(head); err != nil {
+				return err
 			}
 			now := e.clock.Now().UTC().Truncate(time.Microsecond)
 			if req.Proof != nil {
@@ -392,6 +400,19 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 		return WebhookRun{Run: v, Duplicate: true}, nil
 	}
 	return out, nil
+}
+
+// webhookTrigger refuses a flow without a webhook trigger (or, for a
+// signed request, without an hmac one).
+func webhookTrigger(req WebhookStart) func(store.Flow) error {
+	return func(head store.Flow) error {
+		kind, auth, _ := strings.Cut(head.TriggerKind, ":")
+		if kind != "webhook" || (req.Proof != nil && auth != "hmac") {
+			return &errs.Error{Kind: errs.NotFound, Code: "not_found", Message: fmt.Sprintf("flow %q has no webhook trigger", req.Flow),
+				Hint: "set trigger: {webhook: {auth: token}} (or auth: hmac) in the flow"}
+		}
+		return nil
+	}
 }
 
 // WebhookRotation is a rotated webhook secret.

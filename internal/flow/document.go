@@ -123,7 +123,21 @@ type Settings struct {
 	Concurrency int
 	// Timeout bounds a whole run; 0 means none.
 	Timeout time.Duration
+	// Durability is DurabilityDurable (the default: the run is recorded
+	// when it starts and checkpointed at every step) or DurabilityNone (it
+	// runs in memory and is recorded once, when it ends or first waits).
+	Durability string
 }
+
+// Durability settings (settings.durability).
+const (
+	DurabilityDurable = "durable"
+	DurabilityNone    = "none"
+)
+
+// InMemory reports whether runs of the flow run in memory until they end
+// (settings.durability: none).
+func (s Settings) InMemory() bool { return s.Durability == DurabilityNone }
 
 // Limits lower the server's limits for the runs of one flow (the limits:
 // block). A zero field means the server's limit. Parse checks that each

@@ -829,6 +829,18 @@ func (p *parser) settings(n, at *yaml.Node) Settings {
 	if v, _ := m.get("timeout"); v != nil {
 		s.Timeout, _ = p.duration(v, m.sub("timeout"))
 	}
+	s.Durability = DurabilityDurable
+	if v, _ := m.get("durability"); v != nil {
+		const hint = "write durability: durable (the default: every step checkpointed) or durability: none (runs in memory, recorded when they end)"
+		if d, ok := p.str(v, m.sub("durability"), hint); ok {
+			switch d {
+			case DurabilityDurable, DurabilityNone:
+				s.Durability = d
+			default:
+				p.ps.add(v.Line, v.Column, m.sub("durability"), hint, "durability %q is neither durable nor none", d)
+			}
+		}
+	}
 	m.finish()
 	return s
 }

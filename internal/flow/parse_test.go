@@ -136,7 +136,7 @@ func TestParseRotateExpiring(t *testing.T) {
 	d, err := Parse("rotate-expiring.yaml", readFixture(t, "valid/rotate-expiring.yaml"))
 	require.NoError(t, err)
 	require.Equal(t, Trigger{Kind: TriggerEvent, EventType: "identity.expiring"}, d.Trigger)
-	require.Equal(t, Settings{Concurrency: 1, Timeout: 7 * 24 * time.Hour}, d.Settings)
+	require.Equal(t, Settings{Concurrency: 1, Timeout: 7 * 24 * time.Hour, Durability: DurabilityDurable}, d.Settings)
 	require.Equal(t, []Input{
 		{Name: "identity", Type: TypeString, Required: true, Description: "The identity's name"},
 		{Name: "days_left", Type: TypeInteger, Default: int64(30), HasDefault: true},
@@ -311,6 +311,7 @@ func TestParseInvalid(t *testing.T) {
 		{"retry-not-integer", []want{{8, 27, "steps[0].retry.max_attempts", "must be an integer, not a string (\"3\")"}}},
 		{"retry-on-set", []want{{8, 5, "steps[0].retry", "a set step is not retried"}}},
 		{"settings-concurrency", []want{{5, 25, "settings.concurrency", "concurrency -1 is out of range"}}},
+		{"settings-durability", []want{{5, 24, "settings.durability", `durability "sometimes" is neither durable nor none`}}},
 		{"sleep-expression", []want{{7, 12, "steps[0].sleep", "sleep takes a fixed duration"}}},
 		{"sleep-until", []want{{7, 20, "steps[0].sleep.until", "a string (\"tomorrow\") is not a timestamp"}}},
 		{"sleep-zero", []want{{7, 12, "steps[0].sleep", "a sleep of 0 does nothing"}}},

@@ -325,6 +325,15 @@ func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]Run, error) {
 // CountRuns counts a flow's runs in the given statuses, inside the
 // transaction (so that a check and the change it allows commit together).
 func (t *Tx) CountRuns(ctx context.Context, flow string, statuses ...string) (int, error) {
+	return countRuns(ctx, t.tx, flow, statuses...)
+}
+
+// CountRuns counts a flow's runs in the given statuses.
+func (s *Store) CountRuns(ctx context.Context, flow string, statuses ...string) (int, error) {
+	return countRuns(ctx, s.read, flow, statuses...)
+}
+
+func countRuns(ctx context.Context, q querier, flow string, statuses ...string) (int, error) {
 	args := []any{flow}
 	var ph []string
 	for _, st := range statuses {
@@ -332,7 +341,7 @@ func (t *Tx) CountRuns(ctx context.Context, flow string, statuses ...string) (in
 		ph = append(ph, fmt.Sprintf("$%d", len(args)))
 	}
 	var n int
-	if err := t.tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM runs WHERE flow_name = $1 AND status IN ("+strings.Join(ph, ", ")+")", args...).Scan(&n); err != nil {
+	if err := q.QueryRowContext(ctx, "SELECT COUNT(*) FROM runs WHERE flow_name = $1 AND status IN ("+strings.Join(ph, ", ")+")", args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("store: count runs of %q: %w", flow, err)
 	}
 	return n, nil
