@@ -76,7 +76,7 @@ func (x *execution) endCancelled(ctx context.Context, tx *store.Tx, at time.Time
 // to start one for a run that is being cancelled: a cancel commits either
 // before (and the sub-run is not started) or after (and finds it).
 func (x *execution) stillWanted(ctx context.Context, tx *store.Tx) error {
-	r, err := tx.RunForUpdate(ctx, x.run.ID)
+	r, err := x.runForUpdate(ctx, tx)
 	if err != nil {
 		return err
 	}

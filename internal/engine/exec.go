@@ -368,7 +368,7 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	// Concurrent runs' commits share transactions (store.InTxGrouped); each
 	// returns only once its own is durable.
 	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
-		p.written = false
+		p.written, p.locked = false, nil
 		if unrecorded {
 			// The run's first commit records it, as it started.
 			if err := x.e.recordStart(ctx, tx, x.lease, x.run); err != nil {
@@ -381,9 +381,11 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 					return err
 				}
 			}
-			if _, err := tx.RunForUpdate(ctx, x.run.ID); err != nil {
+			r, err := tx.RunForUpdate(ctx, x.run.ID)
+			if err != nil {
 				return err
 			}
+			p.locked = &r
 		}
 		if fn != nil {
 			if err := fn(tx); err != nil {
@@ -439,6 +441,20 @@ type pendingWrites struct {
 	steps   []store.Step
 	entries []audit.Entry
 	written bool
+	// locked is the run's row as the commit locked it (PostgreSQL), for
+	// the change's first read of it.
+	locked *store.Run
+}
+
+// runForUpdate reads the run's row inside tx, the commit's transaction:
+// the row the commit locked, the first time, or read again.
+func (x *execution) runForUpdate(ctx context.Context, tx *store.Tx) (store.Run, error) {
+	if p := x.txPending; p != nil && p.locked != nil {
+		r := *p.locked
+		p.locked = nil
+		return r, nil
+	}
+	return tx.RunForUpdate(ctx, x.run.ID)
 }
 
 // writePending writes the commit's checkpoints and audit records into tx,
@@ -1118,7 +1134,7 @@ func (x *execution) claimSlot(ctx context.Context, limit int) (bool, error) {
 		if n >= limit {
 			return nil
 		}
-		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		r, err := x.runForUpdate(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -1142,7 +1158,7 @@ func (x *execution) setStatus(ctx context.Context, status string) error {
 }
 
 func (x *execution) setStatusTx(ctx context.Context, tx *store.Tx, status string) error {
-	r, err := tx.RunForUpdate(ctx, x.run.ID)
+	r, err := x.runForUpdate(ctx, tx)
 	if err != nil {
 		return err
 	}
@@ -1206,7 +1222,7 @@ func (x *execution) fail(ctx context.Context, rerr *RunError) error {
 	// secret input may be in it.
 	rerr = x.redactError(rerr)
 	err := x.commit(ctx, false, func(tx *store.Tx) error {
-		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		r, err := x.runForUpdate(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -1247,7 +1263,7 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 	ctx = context.WithoutCancel(ctx)
 	rerr = x.redactError(rerr)
 	err := x.commit(ctx, true, func(tx *store.Tx) error {
-		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		r, err := x.runForUpdate(ctx, tx)
 		if err != nil {
 			return err
 		}

@@ -48,8 +48,13 @@ func scanAudit(row interface{ Scan(...any) error }) (AuditRecord, error) {
 
 // LockAuditHead reads the chain head and, on PostgreSQL, locks its row until
 // the transaction ends, so concurrent appends queue behind each other. On
-// SQLite the single writer connection already serialises them.
+// SQLite the single writer connection already serialises them. Once this
+// transaction has appended a record, the head is the one it moved to, and
+// nothing is read.
 func (t *Tx) LockAuditHead(ctx context.Context) (AuditHead, error) {
+	if t.auditHead != nil {
+		return *t.auditHead, nil
+	}
 	q := "SELECT seq, hash, key_id FROM audit_head WHERE id = 1"
 	if t.dialect == Postgres {
 		q += " FOR UPDATE"
@@ -81,6 +86,7 @@ func (t *Tx) AppendAudit(ctx context.Context, r AuditRecord) error {
 		if n, err := res.RowsAffected(); err != nil || n != 1 {
 			return fmt.Errorf("store: move audit head to %d: head moved concurrently: %w", r.Seq, ErrConflict)
 		}
+		t.auditHead = &AuditHead{Seq: r.Seq, Hash: r.Hash, KeyID: r.KeyID}
 		return nil
 	}
 	if _, err := t.tx.ExecContext(ctx, insertAudit, args...); err != nil {
@@ -93,6 +99,7 @@ func (t *Tx) AppendAudit(ctx context.Context, r AuditRecord) error {
 	if n, err := res.RowsAffected(); err != nil || n != 1 {
 		return fmt.Errorf("store: move audit head to %d: head moved concurrently: %w", r.Seq, ErrConflict)
 	}
+	t.auditHead = &AuditHead{Seq: r.Seq, Hash: r.Hash, KeyID: r.KeyID}
 	return nil
 }
 

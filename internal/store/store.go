@@ -192,6 +192,9 @@ type Tx struct {
 	tx      *txConn
 	dialect Dialect
 	after   []func()
+	// auditHead is the chain head this transaction moved to (AppendAudit),
+	// which it holds until it ends.
+	auditHead *AuditHead
 }
 
 // AfterCommit calls fn once the transaction has committed (never if it
