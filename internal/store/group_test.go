@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -234,6 +235,11 @@ func TestInTxGroupedCancellationStress(t *testing.T) {
 		wg.Wait()
 		got := groupKeys(t, st)
 		for k, err := range results {
+			if err != nil && strings.Contains(err.Error(), "store: commit:") && st.Dialect() == store.Postgres {
+				// The deadline struck while PostgreSQL was answering the
+				// COMMIT (InTx): whether it committed is not known.
+				continue
+			}
 			require.Equal(t, err == nil, got[k], "key %d: ran=%v err=%v", k, ran[k].Load(), err)
 			if !ran[k].Load() {
 				require.Error(t, err, "key %d never ran", k)
