@@ -60,6 +60,9 @@ type lease struct {
 	// unrecorded, for a run of a flow with durability: none, is its
 	// run.start record: the run is not written until its first commit.
 	unrecorded *audit.Entry
+	// inMemoryOK says the start may run a flow with durability: none in
+	// memory (startRunTx then answers inMemoryStart).
+	inMemoryOK bool
 }
 
 // dispatcher advances this node's share of the due runs.

@@ -60,22 +60,45 @@ func runAAD(id string) []byte { return store.RunInputAAD(id) }
 // and advanced. When this node has a worker free, the run is leased to it in
 // that transaction and advanced at once.
 func (e *Engine) StartRun(ctx context.Context, req StartRequest) (RunView, error) {
-	if v, ok, err := e.startInMemory(ctx, req, nil); ok {
-		return v, err
-	}
 	var out RunView
-	err := e.startInline(func(l *lease) error {
-		return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
-			r, err := e.startRunTx(ctx, tx, req, l)
-			if err != nil {
-				return err
+	start := func(inMemory bool) error {
+		return e.startInline(func(l *lease) error {
+			if l != nil {
+				l.inMemoryOK = inMemory
 			}
-			out = runView(r, nil)
-			return nil
+			return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
+				r, err := e.startRunTx(ctx, tx, req, l)
+				if err != nil {
+					return err
+				}
+				out = runView(r, nil)
+				return nil
+			})
 		})
-	})
+	}
+	err := start(true)
+	var im *inMemoryStart
+	if errors.As(err, &im) {
+		v, ok, err := e.startInMemory(ctx, req, im.head, im.doc)
+		if ok {
+			return v, err
+		}
+		// No worker free any more: the run starts durably.
+		err = start(false)
+		return out, err
+	}
 	return out, err
 }
+
+// inMemoryStart is startRunTx's answer for a run that is to start in
+// memory (settings.durability: none) instead: its transaction changes
+// nothing and is rolled back.
+type inMemoryStart struct {
+	head store.Flow
+	doc  *flow.Document
+}
+
+func (*inMemoryStart) Error() string { return "engine: the run starts in memory" }
 
 // startInline calls start, a transaction that may start one run, with a
 // lease of this node when it has a worker free (nil otherwise), and
@@ -129,6 +152,9 @@ func (e *Engine) startRunTx(ctx context.Context, tx *store.Tx, req StartRequest,
 	d, err := e.document(ctx, head.Name, head.CurrentVersion)
 	if err != nil {
 		return store.Run{}, err
+	}
+	if l != nil && l.inMemoryOK && inMemory(d, req) {
+		return store.Run{}, &inMemoryStart{head: head, doc: d}
 	}
 	p, err := e.prepareRun(head, d, req)
 	if err != nil {
@@ -221,33 +247,25 @@ func (e *Engine) prepareRun(head store.Flow, d *flow.Document, req StartRequest)
 	return preparedRun{run: r, started: audit.Entry{Actor: req.Actor, Action: "run.start", Target: "run/" + id, Details: details}}, nil
 }
 
-// startInMemory starts, without writing anything yet, a top-level run of
-// a flow with settings.durability: none on a worker of this node: the run
-// is recorded, whole, when it ends (or first waits: a sleep, a retry's
-// backoff, a sub-run). ok is false when the run must be started durably
-// instead: the flow is durable or bounds its concurrency, the run is a
-// schedule's, or no worker is free. check, when set, vets the flow first (a webhook's trigger).
-func (e *Engine) startInMemory(ctx context.Context, req StartRequest, check func(store.Flow) error) (v RunView, ok bool, err error) {
-	head, err := e.st.FlowByName(ctx, req.Flow)
-	if err != nil {
-		// The durable start reports it, inside its transaction.
-		return RunView{}, false, nil
-	}
-	d, err := e.document(ctx, head.Name, head.CurrentVersion)
+// inMemory reports whether a run of d, asked for by req, runs in memory:
+// the flow has settings.durability: none and bounds no concurrency, and the
+// run is top-level and started by hand or by a webhook (a schedule's tick
+// happens once: its run is recorded at once).
+func inMemory(d *flow.Document, req StartRequest) bool {
 	switch req.Trigger {
 	case "", "manual", "webhook":
 	default:
-		// A schedule's tick happens once: its run is recorded at once.
-		return RunView{}, false, nil
+		return false
 	}
-	if err != nil || !d.Settings.InMemory() || d.Settings.Concurrency > 0 || req.ParentRun != "" {
-		return RunView{}, false, nil
-	}
-	if check != nil {
-		if err := check(head); err != nil {
-			return RunView{}, true, err
-		}
-	}
+	return d.Settings.InMemory() && d.Settings.Concurrency == 0 && req.ParentRun == ""
+}
+
+// startInMemory starts, without writing anything yet, a run of flow head
+// (whose current document is d) that inMemory allows, on a worker of this
+// node: the run is recorded, whole, when it ends (or first waits: a
+// sleep, a retry's backoff, a sub-run). ok is false when no worker is free
+// any more: the run must then start durably.
+func (e *Engine) startInMemory(ctx context.Context, req StartRequest, head store.Flow, d *flow.Document) (v RunView, ok bool, err error) {
 	if !e.d.trySlot() {
 		return RunView{}, false, nil
 	}

@@ -327,68 +327,78 @@ func (e *Engine) StartWebhookRun(ctx context.Context, req WebhookStart) (Webhook
 	if req.Proof != nil && req.Proof.flow != req.Flow {
 		return WebhookRun{}, fmt.Errorf("engine: a webhook proof for flow %q used for flow %q", req.Proof.flow, req.Flow)
 	}
-	if req.Proof == nil && req.Delivery == "" {
-		// Nothing to remember about the request: a flow with durability:
-		// none runs it in memory. (A signed request's MACs and a delivery
-		// id are committed before the run starts, so such a run is
-		// recorded at once.)
-		v, ok, err := e.startInMemory(ctx, StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor}, webhookTrigger(req))
+	var out WebhookRun
+	var duplicate string
+	sr := StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor}
+	// With nothing to remember about the request, a flow with durability:
+	// none runs it in memory. (A signed request's MACs and a delivery id
+	// are committed before its run starts, so such a run is recorded at
+	// once.)
+	start := func(inMemoryOK bool) error {
+		return e.startInline(func(l *lease) error {
+			if l != nil {
+				l.inMemoryOK = inMemoryOK
+			}
+			return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
+				duplicate = ""
+				head, err := tx.FlowByName(ctx, req.Flow)
+				if errors.Is(err, store.ErrNotFound) {
+					return errs.NotFoundNamed("flow", req.Flow, "see `trustflow flow list`")
+				} else if err != nil {
+					return err
+				}
+				if err := webhookTrigger(req)(head); err != nil {
+					return err
+				}
+				now := e.clock.Now().UTC().Truncate(time.Microsecond)
+				if req.Proof != nil {
+					fresh, err := tx.MarkWebhookSignatures(ctx, req.Flow, req.Proof.macs, req.Proof.signedAt.Add(e.cfg.WebhookWindow))
+					if err != nil {
+						return err
+					}
+					if !fresh {
+						return errReplayed()
+					}
+				}
+				if req.Delivery != "" {
+					claimed, runID, err := tx.ClaimWebhookDelivery(ctx, req.Flow, req.Delivery, now, now.Add(e.cfg.WebhookDeliveryTTL))
+					if err != nil {
+						return err
+					}
+					if !claimed {
+						if runID == "" {
+							return fmt.Errorf("engine: webhook delivery %q of flow %q has no run", req.Delivery, req.Flow)
+						}
+						duplicate = runID
+						_, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "webhook.duplicate", Target: "run/" + runID,
+							Details: map[string]any{"flow": req.Flow, "delivery": req.Delivery}})
+						return err
+					}
+				}
+				r, err := e.startRunTx(ctx, tx, sr, l)
+				if err != nil {
+					return err
+				}
+				if req.Delivery != "" {
+					if err := tx.SetWebhookDeliveryRun(ctx, req.Flow, req.Delivery, r.ID); err != nil {
+						return err
+					}
+				}
+				out = WebhookRun{Run: runView(r, nil)}
+				return nil
+			})
+		})
+	}
+	err := start(req.Proof == nil && req.Delivery == "")
+	var im *inMemoryStart
+	if errors.As(err, &im) {
+		v, ok, err := e.startInMemory(ctx, sr, im.head, im.doc)
 		if ok {
 			return WebhookRun{Run: v}, err
 		}
+		// No worker free any more: the run starts durably.
+		err = start(false)
 	}
-	var out WebhookRun
-	var duplicate string
-	err := e.startInline(func(l *lease) error {
-		return e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
-			duplicate = ""
-			head, err := tx.FlowByName(ctx, req.Flow)
-			if errors.Is(err, store.ErrNotFound) {
-				return errs.NotFoundNamed("flow", req.Flow, "see `trustflow flow list`")
-			} else if err != nil {
-				return err
-			}
-			if err := webhookTrigger(req)(head); err != nil {
-				return err
-			}
-			now := e.clock.Now().UTC().Truncate(time.Microsecond)
-			if req.Proof != nil {
-				fresh, err := tx.MarkWebhookSignatures(ctx, req.Flow, req.Proof.macs, req.Proof.signedAt.Add(e.cfg.WebhookWindow))
-				if err != nil {
-					return err
-				}
-				if !fresh {
-					return errReplayed()
-				}
-			}
-			if req.Delivery != "" {
-				claimed, runID, err := tx.ClaimWebhookDelivery(ctx, req.Flow, req.Delivery, now, now.Add(e.cfg.WebhookDeliveryTTL))
-				if err != nil {
-					return err
-				}
-				if !claimed {
-					if runID == "" {
-						return fmt.Errorf("engine: webhook delivery %q of flow %q has no run", req.Delivery, req.Flow)
-					}
-					duplicate = runID
-					_, err := e.audit.Append(ctx, tx, audit.Entry{Actor: req.Actor, Action: "webhook.duplicate", Target: "run/" + runID,
-						Details: map[string]any{"flow": req.Flow, "delivery": req.Delivery}})
-					return err
-				}
-			}
-			r, err := e.startRunTx(ctx, tx, StartRequest{Flow: req.Flow, Input: req.Input, Trigger: "webhook", Actor: req.Actor}, l)
-			if err != nil {
-				return err
-			}
-			if req.Delivery != "" {
-				if err := tx.SetWebhookDeliveryRun(ctx, req.Flow, req.Delivery, r.ID); err != nil {
-					return err
-				}
-			}
-			out = WebhookRun{Run: runView(r, nil)}
-			return nil
-		})
-	})
 	if err != nil {
 		return WebhookRun{}, err
 	}
