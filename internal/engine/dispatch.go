@@ -32,6 +32,9 @@ const (
 	// DefaultPollInterval is how often the dispatcher looks for due runs
 	// (and expired leases) when nothing wakes it.
 	DefaultPollInterval = time.Second
+	// sqlitePollInterval is DefaultPollInterval on SQLite, where no other
+	// node can make a run due or leave an expired lease.
+	sqlitePollInterval = 30 * time.Second
 	// maxFailureBackoff bounds how long a run whose advance failed waits
 	// before it is tried again.
 	maxFailureBackoff = 5 * time.Minute
@@ -256,9 +259,11 @@ func (d *dispatcher) advance(l *lease) {
 	d.dueAt(next)
 }
 
-// dueAt pokes the dispatcher when a run it just gave up is due already.
+// dueAt pokes the dispatcher when a run it just gave up is due again: it
+// claims the run if it is due already, and otherwise sleeps until the
+// earliest due run, which this one may be.
 func (d *dispatcher) dueAt(next *time.Time) {
-	if next != nil && !next.After(d.e.clock.Now()) {
+	if next != nil {
 		d.poke()
 	}
 }

@@ -66,7 +66,9 @@ type Config struct {
 	Workers int
 	// PollInterval is how often the dispatcher looks for due runs and
 	// expired leases when nothing wakes it (a run started or woken on this
-	// node, or on PostgreSQL on any node, wakes it at once). Defaults to 1s.
+	// node, or on PostgreSQL on any node, wakes it at once, and it sleeps
+	// until the next due run). Defaults to 1s on PostgreSQL (another node's
+	// expired leases), 30s on SQLite.
 	PollInterval time.Duration
 	// JobTimeout bounds one advance of a run; the executor yields after
 	// Budget, well before it. Defaults to 5m.
@@ -154,6 +156,12 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval
+		if cfg.Store.Dialect() == store.SQLite {
+			// One node: every change that makes a run due wakes the
+			// dispatcher in-process, and it sleeps until the next due
+			// run; the poll is only a backstop.
+			cfg.PollInterval = sqlitePollInterval
+		}
 	}
 	if cfg.Budget == 0 {
 		cfg.Budget = 10 * time.Second

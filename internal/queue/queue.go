@@ -97,9 +97,13 @@ func New(ctx context.Context, cfg Config) (*Queue, error) {
 		river.AddWorker(workers, runScan(cfg.OnScan))
 	}
 	client, err := river.NewClient(driver, &river.Config{
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}},
-		Workers:              workers,
-		FetchPollInterval:    cfg.PollInterval,
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 4}},
+		Workers:           workers,
+		FetchPollInterval: cfg.PollInterval,
+		// Its jobs (schedules, the scan) are found by the fetch poll; the
+		// notifier would poll a table of its own as well (SQLite) or hold a
+		// connection (PostgreSQL), for nothing faster than a second.
+		PollOnly:             true,
 		FetchCooldown:        time.Millisecond,
 		JobTimeout:           cfg.JobTimeout,
 		RescueStuckJobsAfter: cfg.JobTimeout + time.Minute,
