@@ -162,7 +162,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.Connectors, err = connector.New(connector.Config{Store: st, Audit: a.Audit, Trust: a.Trust, Clock: opts.Clock, Logger: opts.Logger, FIPS: cfg.FIPS,
-		Policy: a.Policy.Current})
+		Policy: a.Policy.Current, IdleConnectors: cfg.IdleConnectors})
 	if err != nil {
 		st.Close()
 		return nil, err

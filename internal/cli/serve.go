@@ -67,6 +67,7 @@ func newServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.LogFormat, "log-format", config.DefaultLogFormat, "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.IntVar(&cfg.Workers, "workers", 0, "how many runs this node advances at once (default 16)")
+	f.IntVar(&cfg.IdleConnectors, "idle-connectors", 0, "how many connectors keep their client and idle connections at once; the least recently used beyond it release theirs and resume their TLS session on their next call (default 64; -1: no bound)")
 	f.DurationVar(&cfg.JobTimeout, "job-timeout", 0, "bound on one advance of a run; the engine yields long before (default 5m)")
 	f.DurationVar(&cfg.WebhookWindow, "webhook-window", config.DefaultWebhookWindow, "how far a signed webhook's X-Trustflow-Timestamp may be from this server's clock, either way; accepted signatures are remembered that long to refuse replays (the same on every node)")
 	f.DurationVar(&cfg.WebhookDeliveryTTL, "webhook-delivery-ttl", config.DefaultWebhookDeliveryTTL, "how long an X-Trustflow-Delivery id returns the run its first delivery started")

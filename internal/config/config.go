@@ -122,6 +122,10 @@ type Config struct {
 	// node: the lease of a run outlives its holder's last renewal (every
 	// third of it) that long. Defaults to 10s.
 	RescueAfter time.Duration
+	// IdleConnectors is how many connectors keep their client and idle
+	// connections at once (the least recently used beyond it release
+	// theirs). Defaults to 64; -1 means no bound.
+	IdleConnectors int
 	// AuthFailRate is how many refused requests a second one source may
 	// make before it gets 429; AuthFailBurst how many at once. Default 10
 	// and 20.
@@ -240,6 +244,9 @@ func (c Config) Validate() error {
 	}
 	if c.RescueAfter < MinRescueAfter || c.RescueAfter > MaxRescueAfter {
 		errs = append(errs, fmt.Errorf("--rescue-after %s: want %s to %s (a node renews its leases every third of it; shorter would take live runs from a busy node)", c.RescueAfter, MinRescueAfter, MaxRescueAfter))
+	}
+	if c.IdleConnectors < -1 {
+		errs = append(errs, fmt.Errorf("--idle-connectors %d: want a count, 0 for the default (64), or -1 for no bound", c.IdleConnectors))
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		errs = append(errs, fmt.Errorf("--workers %d: want 1 to 1024", c.Workers))
