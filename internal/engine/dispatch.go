@@ -35,6 +35,8 @@ const (
 	// sqlitePollInterval is DefaultPollInterval on SQLite, where no other
 	// node can make a run due or leave an expired lease.
 	sqlitePollInterval = 30 * time.Second
+	// minPollWait is the shortest the dispatcher sleeps between looks.
+	minPollWait = 50 * time.Millisecond
 	// maxFailureBackoff bounds how long a run whose advance failed waits
 	// before it is tried again.
 	maxFailureBackoff = 5 * time.Minute
@@ -68,6 +70,12 @@ type lease struct {
 	inMemoryOK bool
 }
 
+// held is a lease this node holds and how to stop its advance.
+type held struct {
+	run    string
+	cancel context.CancelFunc
+}
+
 // dispatcher advances this node's share of the due runs.
 type dispatcher struct {
 	e     *Engine
@@ -75,9 +83,9 @@ type dispatcher struct {
 	wake  chan struct{}
 
 	mu       sync.Mutex
-	owned    map[string]string // owner -> run id: the leases this node holds
-	local    map[string]int    // run id -> advances of it under way here
-	failures map[string]int    // run id -> advances in a row that failed
+	owned    map[string]*held // owner -> the leases this node holds
+	local    map[string]int   // run id -> advances of it under way here
+	failures map[string]int   // run id -> advances in a row that failed
 	// running is set from start to stop: only then does this node take
 	// runs (an engine that was never started only writes them).
 	running  bool
@@ -96,7 +104,7 @@ func newDispatcher(e *Engine) *dispatcher {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &dispatcher{e: e, slots: make(chan struct{}, workers), wake: make(chan struct{}, 1),
-		owned: map[string]string{}, local: map[string]int{}, failures: map[string]int{}, ctx: ctx, cancel: cancel}
+		owned: map[string]*held{}, local: map[string]int{}, failures: map[string]int{}, ctx: ctx, cancel: cancel}
 }
 
 func (d *dispatcher) start() {
@@ -187,20 +195,20 @@ func (d *dispatcher) begin(l *lease) bool {
 		d.giveSlot()
 		return false
 	}
-	d.owned[l.owner] = l.run
+	ctx, cancel := context.WithTimeout(d.ctx, d.e.cfg.JobTimeout)
+	d.owned[l.owner] = &held{run: l.run, cancel: cancel}
 	d.local[l.run]++
 	d.wg.Add(1)
 	d.mu.Unlock()
 	go func() {
 		defer d.wg.Done()
 		defer d.giveSlot()
-		d.advance(l)
+		d.advance(ctx, cancel, l)
 	}()
 	return true
 }
 
-func (d *dispatcher) advance(l *lease) {
-	ctx, cancel := context.WithTimeout(d.ctx, d.e.cfg.JobTimeout)
+func (d *dispatcher) advance(ctx context.Context, cancel context.CancelFunc, l *lease) {
 	err := d.e.advance(ctx, l)
 	cancel()
 	now := d.e.clock.Now()
@@ -216,6 +224,9 @@ func (d *dispatcher) advance(l *lease) {
 	case d.ctx.Err() != nil:
 		// The node is stopping: the run resumes from its last checkpoint.
 		due = &now
+	case errors.Is(err, errLeaseLost):
+		d.e.log.Warn("advance stopped: the run's lease expired (another worker may hold it)", "run", l.run)
+		d.forget(l.run)
 	default:
 		at := now.Add(d.failed(l.run))
 		due = &at
@@ -305,7 +316,9 @@ func (d *dispatcher) pollLoop() {
 		}
 		if at, ok, err := d.e.st.NextDue(d.ctx); err == nil && ok {
 			if until := at.Sub(d.e.clock.Now()); until < wait {
-				wait = max(until, time.Millisecond)
+				// Due already, yet not claimed: its lease expired under an
+				// advance of this node still under way (claim skips it).
+				wait = max(until, minPollWait)
 			}
 		}
 		t := time.NewTimer(wait)
@@ -336,6 +349,11 @@ func (d *dispatcher) claim() (claimed int, full bool) {
 		return 0, false
 	}
 	for _, id := range ids {
+		if d.advancing(id) {
+			// Its lease expired under an advance of this node that has not
+			// ended yet: leave it to that advance's end.
+			continue
+		}
 		if !d.trySlot() {
 			return claimed, true
 		}
@@ -363,7 +381,10 @@ func (d *dispatcher) claim() (claimed int, full bool) {
 	return claimed, false
 }
 
-// heartbeatLoop renews the leases this node holds every LeaseTTL/3.
+// heartbeatLoop renews the leases this node holds every LeaseTTL/3, one
+// row at a time (a statement over several rows could lock them in an order
+// that deadlocks another transaction). An advance whose lease is found
+// gone is cancelled: another worker may hold the run.
 func (d *dispatcher) heartbeatLoop() {
 	t := time.NewTicker(d.leaseTTL() / 3)
 	defer t.Stop()
@@ -374,13 +395,27 @@ func (d *dispatcher) heartbeatLoop() {
 		case <-t.C:
 		}
 		d.mu.Lock()
-		owners := make([]string, 0, len(d.owned))
-		for o := range d.owned {
-			owners = append(owners, o)
+		leases := make(map[string]*held, len(d.owned))
+		for o, h := range d.owned {
+			leases[o] = h
 		}
 		d.mu.Unlock()
-		if err := d.e.st.ExtendRunLeases(d.ctx, owners, d.e.clock.Now().Add(d.leaseTTL())); err != nil && d.ctx.Err() == nil {
-			d.e.log.Warn("renew run leases", "leases", len(owners), "err", err)
+		until := d.e.clock.Now().Add(d.leaseTTL())
+		for owner, h := range leases {
+			ok, err := d.e.st.ExtendRunLease(d.ctx, h.run, owner, until)
+			switch {
+			case err != nil && d.ctx.Err() == nil:
+				d.e.log.Warn("renew run lease", "run", h.run, "err", err)
+			case err == nil && !ok:
+				d.mu.Lock()
+				_, still := d.owned[owner]
+				d.mu.Unlock()
+				if still {
+					// Not a lease given up a moment ago: it was lost.
+					d.e.log.Warn("run lease lost; its advance stops", "run", h.run)
+					h.cancel()
+				}
+			}
 		}
 	}
 }

@@ -127,3 +127,54 @@ func TestDurabilityNoneRecordsARunThatWaits(t *testing.T) {
 		require.Equal(t, 1, e.dir.count(run.ID+"/second"))
 	})
 }
+
+// An advance whose lease expired under it (its renewals failed) and was
+// taken stops at its next commit, writing no checkpoint, but keeps the
+// audit record of the call it made; the run then ends once, under the new
+// lease, with one checkpoint per step.
+func TestAnAdvanceThatLostItsLeaseChangesNothingButItsCallsRecords(t *testing.T) {
+	t.Parallel()
+	storetest.Each(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		e := newEnv(t, st)
+		e.apply(t, `apiVersion: trustflow/v1
+kind: Flow
+name: slow
+trigger: {manual: {}}
+steps:
+  - id: get
+    call: {connector: hr, method: GET, path: /ok/get}
+`)
+		inCall := make(chan struct{}, 2)
+		release := make(chan struct{})
+		e.dir.delay = func() time.Duration {
+			inCall <- struct{}{}
+			<-release
+			return 0
+		}
+		run := e.start(t, "slow", nil)
+		<-inCall
+		// The lease is lost: another owner, expired.
+		require.NoError(t, st.InTx(ctx, func(tx *store.Tx) error {
+			r, err := tx.RunForUpdate(ctx, run.ID)
+			if err != nil {
+				return err
+			}
+			r.LeaseOwner, r.LeaseUntil = "node_elsewhere/x", time.Now().Add(-time.Second)
+			return tx.UpdateRun(ctx, r)
+		}))
+		close(release)
+		done := e.wait(t, run.ID)
+		require.Equal(t, engine.StatusSucceeded, done.Status, "%+v", done.Error)
+		require.Len(t, done.Steps, 1)
+		key := run.ID + "/get"
+		require.Equal(t, 2, e.dir.count(key), "the call ran again under the new lease, with the same Idempotency-Key")
+		calls, err := e.audit.List(ctx, audit.Filter{Action: "connector.call", Target: "run/" + key, Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, calls, 2, "both calls are audited")
+		ends, err := e.audit.List(ctx, audit.Filter{Action: "run.succeeded", Target: "run/" + run.ID, Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, ends, 1, "the run ended once")
+		require.Contains(t, e.log.String(), "lease expired")
+	})
+}

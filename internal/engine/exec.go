@@ -74,7 +74,34 @@ func (e *Engine) advance(ctx context.Context, l *lease) error {
 		return snooze(heldRetry)
 	}
 	defer x.leave()
-	return x.advance(ctx)
+	err = x.advance(ctx)
+	var sn *snoozed
+	switch {
+	case err == nil:
+	case errors.Is(err, errLeaseLost):
+		// The checkpoints are another worker's to write now; the calls
+		// this advance made are facts, and their audit records are kept.
+		if rerr := x.keepAudit(context.WithoutCancel(ctx)); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	case l.unrecorded != nil && !l.released:
+		// A run in memory that yields (its advance failed, say) before its
+		// first commit is recorded now, with what it did so far.
+		due := e.clock.Now().Add(time.Second)
+		if errors.As(err, &sn) {
+			due = e.clock.Now().Add(sn.d)
+		}
+		if rerr := x.commit(context.WithoutCancel(ctx), false, func(tx *store.Tx) error { return x.yieldTx(ctx, tx, &due) }); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	case !errors.As(err, &sn):
+		// The advance failed: what it already did (checkpoints, the audit
+		// records of its calls) is kept if the database takes it.
+		if rerr := x.commit(context.WithoutCancel(ctx), false, func(*store.Tx) error { return nil }); rerr != nil {
+			e.log.Warn("keep what a failed advance did", "run", l.run, "err", rerr)
+		}
+	}
+	return err
 }
 
 // keysRetry is how soon a run job snoozed for want of a key-encryption key
@@ -356,6 +383,7 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	defer x.flushMu.Unlock()
 	x.mu.Lock()
 	p := &pendingWrites{steps: x.pendSteps, entries: x.pendAudit}
+	entries := p.entries
 	x.mu.Unlock()
 	unrecorded := x.lease != nil && x.lease.unrecorded != nil
 	if (len(p.steps) == 0 && len(p.entries) == 0 || unrecorded) && fn == nil {
@@ -370,23 +398,28 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
 		p.written, p.locked = false, nil
 		if unrecorded {
-			// The run's first commit records it, as it started.
+			// The run's first commit records it, as it started; its
+			// run.start record goes first among the commit's records.
 			if err := x.e.recordStart(ctx, tx, x.lease, x.run); err != nil {
 				return err
 			}
+			p.entries = append([]audit.Entry{*x.lease.unrecorded}, entries...)
 		}
-		if tx.Dialect() == store.Postgres {
-			if lockParent && x.run.ParentRunID != "" {
-				if _, err := tx.RunForUpdate(ctx, x.run.ParentRunID); err != nil && !errors.Is(err, store.ErrNotFound) {
-					return err
-				}
-			}
-			r, err := tx.RunForUpdate(ctx, x.run.ID)
-			if err != nil {
+		if lockParent && x.run.ParentRunID != "" && tx.Dialect() == store.Postgres {
+			if _, err := tx.RunForUpdate(ctx, x.run.ParentRunID); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
-			p.locked = &r
 		}
+		r, err := tx.RunForUpdate(ctx, x.run.ID)
+		if err != nil {
+			return err
+		}
+		if l := x.lease; l != nil && r.LeaseOwner != l.owner {
+			// The lease expired (its renewals failed) and another worker
+			// may hold the run now: this advance must change nothing more.
+			return fmt.Errorf("engine: run %s: %w", x.run.ID, errLeaseLost)
+		}
+		p.locked = &r
 		if fn != nil {
 			if err := fn(tx); err != nil {
 				return err
@@ -398,7 +431,7 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 		return err
 	}
 	x.mu.Lock()
-	x.pendSteps, x.pendAudit = x.pendSteps[len(p.steps):], x.pendAudit[len(p.entries):]
+	x.pendSteps, x.pendAudit = x.pendSteps[len(p.steps):], x.pendAudit[len(entries):]
 	x.mu.Unlock()
 	if unrecorded {
 		x.lease.unrecorded = nil
@@ -407,13 +440,13 @@ func (x *execution) commit(ctx context.Context, lockParent bool, fn func(tx *sto
 }
 
 // recordStart writes, inside tx, a run that started in memory under l: the
-// run r as it started and its run.start record.
+// run r as it started, still leased to l (for another LeaseTTL from now:
+// the lease of a run that ran long in memory has been renewed only in
+// memory) and due now.
 func (e *Engine) recordStart(ctx context.Context, tx *store.Tx, l *lease, r store.Run) error {
-	if err := tx.InsertRun(ctx, r); err != nil {
-		return err
-	}
-	_, err := e.audit.Append(ctx, tx, *l.unrecorded)
-	return err
+	now := e.clock.Now().UTC().Truncate(time.Microsecond)
+	r.LeaseOwner, r.LeaseUntil, r.DueAt = l.owner, now.Add(e.cfg.LeaseTTL), &now
+	return tx.InsertRun(ctx, r)
 }
 
 // recordLate records a run that started in memory and yields before its
@@ -424,7 +457,10 @@ func (e *Engine) recordLate(ctx context.Context, l *lease, due time.Time) error 
 	r := *l.fresh
 	r.LeaseOwner, r.LeaseUntil, r.DueAt = "", time.Time{}, &due
 	err := e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
-		if err := e.recordStart(ctx, tx, l, r); err != nil {
+		if err := tx.InsertRun(ctx, r); err != nil {
+			return err
+		}
+		if _, err := e.audit.Append(ctx, tx, *l.unrecorded); err != nil {
 			return err
 		}
 		return e.dueTx(ctx, tx)
@@ -435,6 +471,37 @@ func (e *Engine) recordLate(ctx context.Context, l *lease, due time.Time) error 
 	l.unrecorded, l.released = nil, true
 	return nil
 }
+
+// keepAudit appends, in a transaction of their own, the audit records of
+// the calls this advance made and has not committed.
+func (x *execution) keepAudit(ctx context.Context) error {
+	x.flushMu.Lock()
+	defer x.flushMu.Unlock()
+	x.mu.Lock()
+	entries := x.pendAudit
+	x.mu.Unlock()
+	if len(entries) == 0 {
+		return nil
+	}
+	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
+		for _, e := range entries {
+			if _, err := x.e.audit.Append(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.pendAudit = x.pendAudit[len(entries):]
+	x.mu.Unlock()
+	return nil
+}
+
+// errLeaseLost ends an advance whose lease another worker may hold now.
+var errLeaseLost = errors.New("this node's lease of the run expired")
 
 // pendingWrites are what one commit writes besides its change.
 type pendingWrites struct {
@@ -868,6 +935,15 @@ func (x *execution) subflow(ctx context.Context, s *flow.Step, cp store.Step, sc
 		}
 		var child store.Run
 		err := x.commit(ctx, false, func(tx *store.Tx) error {
+			// The child's flow row before the audit chain's head (which the
+			// run's records and the child's run.start take), as every start
+			// locks them.
+			if _, err := tx.FlowByName(ctx, s.SubFlow); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if err := x.writePending(ctx, tx); err != nil {
+				return err
+			}
 			if err := x.stillWanted(ctx, tx); err != nil {
 				return err
 			}
@@ -972,7 +1048,10 @@ func (x *execution) call(ctx context.Context, s *flow.Step, cp store.Step, sc *s
 	}
 	// What the run did so far is committed before the request leaves.
 	if err := x.commit(ctx, false, nil); err != nil {
-		return outcome{failure: &RunError{Step: cp.Path, Code: "checkpoint", Message: err.Error()}}
+		// Nothing was sent: the advance yields, and pause's commit (or the
+		// next advance) tries again.
+		x.e.log.Warn("commit before a call failed; the run tries again", "run", x.run.ID, "step", cp.Path, "err", err)
+		return pauseFor(0, false)
 	}
 	req.AuditTo = x.stageAudit
 	x.e.work.give() // not while it waits for the server
@@ -1293,6 +1372,12 @@ func (x *execution) finish(ctx context.Context, status string, output any, rerr 
 		if err := x.yieldTx(ctx, tx, nil); err != nil {
 			return err
 		}
+		if status == StatusFailed && !strings.HasPrefix(r.TriggerKind, "event:run.failed") {
+			// The flows run.failed starts, before the audit chain's head.
+			if err := x.e.lockListeners(ctx, tx, "run.failed"); err != nil {
+				return err
+			}
+		}
 		if err := x.writePending(ctx, tx); err != nil {
 			return err
 		}
@@ -1341,6 +1426,25 @@ func (x *execution) view() RunView {
 	x.mu.Unlock()
 	sort.Slice(steps, func(i, j int) bool { return steps[i].Seq < steps[j].Seq })
 	return runView(x.run, steps)
+}
+
+// lockListeners locks, inside tx, the rows of the flows an event starts
+// (PostgreSQL): a transaction that appends audit records before it emits
+// takes them before the audit chain's head, as every start does.
+func (e *Engine) lockListeners(ctx context.Context, tx *store.Tx, event string) error {
+	if tx.Dialect() != store.Postgres {
+		return nil
+	}
+	names, err := e.st.FlowsWithTrigger(ctx, "event:"+event)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if _, err := tx.FlowByName(ctx, n); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
 }
 
 // emitTx starts, inside tx, a run of every flow whose trigger is the event.

@@ -102,7 +102,10 @@ func (*inMemoryStart) Error() string { return "engine: the run starts in memory"
 
 // startInline calls start, a transaction that may start one run, with a
 // lease of this node when it has a worker free (nil otherwise), and
-// advances the run start started under it as soon as start returns.
+// advances the run start started under it as soon as start returns. A
+// start that PostgreSQL rolled back to break a deadlock (a transaction that
+// locked the audit chain's head before the flow, such as a trust store
+// rotation that emits an event) changed nothing and runs again.
 func (e *Engine) startInline(start func(l *lease) error) error {
 	var l *lease
 	if e.d.trySlot() {
@@ -113,6 +116,10 @@ func (e *Engine) startInline(start func(l *lease) error) error {
 		}
 	}
 	err := start(l)
+	for attempt := 0; store.IsDeadlock(err) && attempt < 4; attempt++ {
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+		err = start(l)
+	}
 	if l == nil {
 		return err
 	}
@@ -286,7 +293,10 @@ func (e *Engine) startInMemory(ctx context.Context, req StartRequest, head store
 	r.Status, r.StartedAt = StatusRunning, &r.CreatedAt
 	r.LeaseOwner, r.LeaseUntil = l.owner, r.CreatedAt.Add(e.cfg.LeaseTTL)
 	l.run, l.fresh, l.unrecorded = r.ID, &r, &p.started
-	e.d.begin(l)
+	if !e.d.begin(l) {
+		return RunView{}, true, &errs.Error{Kind: errs.Unavailable, Code: "stopping", Message: "this server is stopping and starts no run",
+			Hint: "send it again: to another node, or to this one once it has restarted", Op: "engine: start run"}
+	}
 	return runView(r, nil), true, nil
 }
 

@@ -168,6 +168,9 @@ func (e *Engine) expiring(ctx context.Context, event, subject string, notAfter, 
 		}
 		payload["days_left"] = int64(math.Max(0, math.Floor(left)))
 		payload["threshold_days"] = int64(expiryThresholds[crossed])
+		if err := e.lockListeners(ctx, tx, event); err != nil {
+			return err
+		}
 		if _, err := e.audit.Append(ctx, tx, audit.Entry{Actor: audit.System, Action: event, Target: subject, Details: payload}); err != nil {
 			return err
 		}

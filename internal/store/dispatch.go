@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,10 +41,11 @@ func (s *Store) DueRuns(ctx context.Context, now time.Time, limit int) ([]string
 	return out, rows.Err()
 }
 
-// NextDue reports when the next run nobody holds is due (ok false: none is).
+// NextDue reports when the next run is due (ok false: none is); a leased
+// run counts from its lease's expiry.
 func (s *Store) NextDue(ctx context.Context) (at time.Time, ok bool, err error) {
 	var due sql.NullInt64
-	if err := s.read.QueryRowContext(ctx, "SELECT MIN(due_at) FROM runs WHERE due_at IS NOT NULL AND lease_owner = ''").Scan(&due); err != nil {
+	if err := s.read.QueryRowContext(ctx, "SELECT MIN(CASE WHEN lease_owner = '' OR lease_until < due_at THEN due_at ELSE lease_until END) FROM runs WHERE due_at IS NOT NULL").Scan(&due); err != nil {
 		return time.Time{}, false, fmt.Errorf("store: next due run: %w", err)
 	}
 	if !due.Valid {
@@ -69,21 +69,18 @@ func (s *Store) ClaimRun(ctx context.Context, id, owner string, now, until time.
 	return true, wakes, nil
 }
 
-// ExtendRunLeases renews, until until, the leases held by owners.
-func (s *Store) ExtendRunLeases(ctx context.Context, owners []string, until time.Time) error {
-	if len(owners) == 0 {
-		return nil
+// ExtendRunLease renews owner's lease of a run until until. It reports
+// false when owner no longer holds it.
+func (s *Store) ExtendRunLease(ctx context.Context, id, owner string, until time.Time) (bool, error) {
+	res, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3", micros(until), id, owner)
+	if err != nil {
+		return false, fmt.Errorf("store: renew lease of run %s: %w", id, mapErr(err))
 	}
-	args := []any{micros(until)}
-	ph := make([]string, len(owners))
-	for i, o := range owners {
-		args = append(args, o)
-		ph[i] = fmt.Sprintf("$%d", i+2)
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: renew lease of run %s: %w", id, err)
 	}
-	if _, err := s.write.ExecContext(ctx, "UPDATE runs SET lease_until = $1 WHERE lease_owner IN ("+strings.Join(ph, ", ")+")", args...); err != nil {
-		return fmt.Errorf("store: renew %d run leases: %w", len(owners), mapErr(err))
-	}
-	return nil
+	return n == 1, nil
 }
 
 // YieldRun gives owner's lease of a run up; the run is due again at due
