@@ -316,8 +316,10 @@ func (d *dispatcher) pollLoop() {
 		}
 		if at, ok, err := d.e.st.NextDue(d.ctx); err == nil && ok {
 			if until := at.Sub(d.e.clock.Now()); until < wait {
-				// Due already, yet not claimed: its lease expired under an
-				// advance of this node still under way (claim skips it).
+				// Sleep until the next due run, but not less than
+				// minPollWait: a run due already that claim left is one
+				// whose lease expired under an advance of this node still
+				// under way.
 				wait = max(until, minPollWait)
 			}
 		}
