@@ -247,6 +247,28 @@ var seeds = []seed{
 			require.NoError(t, err)
 			require.Equal(t, store.PolicyRecord{Document: []byte(`{"apiVersion":"trustflow/v1","kind":"Policy"}`), Revision: 3, UpdatedAt: fwdTime, UpdatedBy: "admin"}, p)
 		}},
+	{version: 11, what: "a sleeping run, due again once runs are dispatched from their table",
+		insert: func(t *testing.T, db *sql.DB) {
+			execAll(t, db,
+				q("INSERT INTO flows (name, current_version, trigger_kind, webhook_secret, kek_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+					"nap", 1, "manual", nil, "", fwdMicros(0), fwdMicros(0)),
+				q(`INSERT INTO runs (id, flow_name, flow_version, status, trigger_kind, input, input_sealed, kek_id, output, error, parent_run_id, parent_step,
+					created_by, created_at, started_at, finished_at, updated_at, lease_owner, lease_until, cancel_requested)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
+					"run_nap", "nap", 1, "sleeping", "manual", `{}`, []byte{0x07}, "kek_fwd", "", "", "", "",
+					"tok_fwd", fwdMicros(0), fwdMicros(time.Second), nil, fwdMicros(3*time.Second), "", 0, false))
+		},
+		check: func(t *testing.T, st *store.Store) {
+			ctx := context.Background()
+			r, err := st.Run(ctx, "run_nap")
+			require.NoError(t, err)
+			require.Equal(t, fwdAt(3*time.Second), r.DueAt, "an unfinished run is due at once (its step knows when it wakes)")
+			require.Zero(t, r.Wakes)
+			due, err := st.DueRuns(ctx, fwdTime.Add(time.Hour), 10)
+			require.NoError(t, err)
+			require.Contains(t, due, "run_nap")
+			require.NotContains(t, due, "run_fwd", "a finished run is never due")
+		}},
 }
 
 // TestMigrateForwardFromEveryRelease builds, for each earlier schema k, a
