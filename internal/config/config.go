@@ -227,7 +227,7 @@ func (c Config) WithDefaults() Config {
 const (
 	DefaultRescueAfter = 10 * time.Second
 	MinRescueAfter     = time.Second
-	MaxRescueAfter     = time.Hour
+	MaxRescueAfter     = 24 * time.Hour
 )
 
 // Validate reports every invalid field at once, naming the flag and the fix.
