@@ -53,12 +53,7 @@ func (e *Engine) cancelTree(ctx context.Context, tx *store.Tx, actor audit.Actor
 			parents = append(parents, id)
 		}
 	}
-	for _, en := range entries {
-		if _, err := e.audit.Append(ctx, tx, en); err != nil {
-			return err
-		}
-	}
-	return nil
+	return e.appendAll(ctx, tx, entries)
 }
 
 // endCancelled ends, inside the transaction that cancels the run, the

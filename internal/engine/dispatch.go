@@ -254,14 +254,10 @@ func (d *dispatcher) advance(ctx context.Context, cancel context.CancelFunc, l *
 		return
 	}
 	var next *time.Time
-	var yerr error
-	for attempt := 0; attempt < 5; attempt++ {
-		next, yerr = d.e.st.YieldRun(context.WithoutCancel(ctx), l.run, l.owner, l.wakes, due, now)
-		if !store.IsDeadlock(yerr) {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-	}
+	yerr := store.RetryOnDeadlock(func() (err error) {
+		next, err = d.e.st.YieldRun(context.WithoutCancel(ctx), l.run, l.owner, l.wakes, due, now)
+		return err
+	})
 	if yerr != nil {
 		// The lease expires and the run is taken over then.
 		d.e.log.Warn("release run lease", "run", l.run, "err", yerr)

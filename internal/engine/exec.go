@@ -483,15 +483,7 @@ func (x *execution) keepAudit(ctx context.Context) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error {
-		for _, e := range entries {
-			if _, err := x.e.audit.Append(ctx, tx, e); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := x.e.st.InTxGrouped(ctx, func(tx *store.Tx) error { return x.e.appendAll(ctx, tx, entries) }); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -538,8 +530,13 @@ func (x *execution) writePending(ctx context.Context, tx *store.Tx) error {
 			return err
 		}
 	}
-	for _, e := range p.entries {
-		if _, err := x.e.audit.Append(ctx, tx, e); err != nil {
+	return x.e.appendAll(ctx, tx, p.entries)
+}
+
+// appendAll appends audit records, in order, inside tx.
+func (e *Engine) appendAll(ctx context.Context, tx *store.Tx, entries []audit.Entry) error {
+	for _, en := range entries {
+		if _, err := e.audit.Append(ctx, tx, en); err != nil {
 			return err
 		}
 	}

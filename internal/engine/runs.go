@@ -115,11 +115,7 @@ func (e *Engine) startInline(start func(l *lease) error) error {
 			l = nil
 		}
 	}
-	err := start(l)
-	for attempt := 0; store.IsDeadlock(err) && attempt < 4; attempt++ {
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-		err = start(l)
-	}
+	err := store.RetryOnDeadlock(func() error { return start(l) })
 	if l == nil {
 		return err
 	}
@@ -464,15 +460,7 @@ func (e *Engine) Cancel(ctx context.Context, actor audit.Actor, id string) (RunV
 	// sub-run locks itself and then its parent: on PostgreSQL the two can
 	// deadlock, and the database rolls one back. The cancel is then run
 	// again as a whole (it changed nothing).
-	var err error
-	for attempt := 0; ; attempt++ {
-		err = e.cancelOnce(ctx, actor, id)
-		if !store.IsDeadlock(err) || attempt == 4 {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-	}
-	if err != nil {
+	if err := store.RetryOnDeadlock(func() error { return e.cancelOnce(ctx, actor, id) }); err != nil {
 		return RunView{}, err
 	}
 	return e.GetRun(ctx, id)

@@ -17,7 +17,7 @@ import (
 // node that started it takes the lease in the transaction that inserts it,
 // any node takes the lease of a due run nobody holds, or whose holder
 // stopped renewing it (the node died). The holder renews its leases while
-// it works (ExtendRunLeases) and gives the lease up with the time the run
+// it works (ExtendRunLease) and gives the lease up with the time the run
 // is due again (YieldRun), in the transaction of the run's last change when
 // it can.
 

@@ -279,6 +279,18 @@ func IsDeadlock(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
 }
 
+// RetryOnDeadlock calls fn, a whole transaction (or statement) that changes
+// nothing when it fails, and calls it again, up to four times with a short
+// pause, while PostgreSQL fails it to break a deadlock.
+func RetryOnDeadlock(fn func() error) error {
+	err := fn()
+	for attempt := 1; IsDeadlock(err) && attempt <= 4; attempt++ {
+		time.Sleep(time.Duration(attempt) * 10 * time.Millisecond)
+		err = fn()
+	}
+	return err
+}
+
 // micros converts a time to the stored representation: Unix microseconds, UTC.
 func micros(t time.Time) int64 { return t.UTC().UnixMicro() }
 
